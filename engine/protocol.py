@@ -1,0 +1,140 @@
+"""The event protocol between the engine process and its clients (the app, scripts).
+
+Standard library only: the app imports this module and must never pull in torch.
+
+Framing: one JSON object per line on the engine's stdout, UTF-8, flushed after every line.
+Every object is an envelope::
+
+    {"v": 1, "seq": 0, "time": 1732810000.123, "run_id": "…", "type": "hello", "data": {…}}
+
+- ``v``: PROTOCOL_VERSION. Adding an event type or a field does not change it; removing or
+  changing the meaning of one does. Clients refuse a larger major version.
+- ``seq``: starts at 0 and increases by exactly one per event, so a gap shows a lost line.
+- ``time``: seconds since the epoch (float) when the event was made.
+- ``type``: one of EVENT_TYPES. Receivers ignore types they do not know.
+- ``data``: the payload, documented per type below.
+
+``done`` is always the last event of a run, also after an error; an engine process that
+exits without ``done`` has crashed.
+
+Event payloads (fields may be added):
+- hello: protocol, engine_version, pid, argv
+- status: state ("loading" | "evaluating" | "training" | "checkpointing" | "exporting" |
+  "stopping"), message
+- progress: step, total_steps, elapsed_seconds, eta_seconds
+- metrics: step, loss, step_seconds, tokens_per_second, lr, projected_grad_norm (zeroth-order)
+- eval: step, loss, accuracy (classification only, else null), rows
+- memory: step, rss_bytes, peak_rss_bytes, device_allocated_bytes (null on CPU), budget_bytes
+- log: level ("debug" | "info" | "warning" | "error"), message
+- checkpoint: step, path
+- artifact: kind ("adapter" | "plot" | "executorch" | "gguf" | …), path
+- error: kind ("user" | "internal"), message, log_path
+- done: status ("completed" | "stopped" | "failed"), exit_code, output_dir
+
+Client → engine (the engine's stdin): one command per line; today only ``stop`` (finish the
+current step, write a checkpoint, exit with done/stopped).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any
+
+PROTOCOL_VERSION = 1
+
+EVENT_TYPES = (
+    "hello",
+    "status",
+    "progress",
+    "metrics",
+    "eval",
+    "memory",
+    "log",
+    "checkpoint",
+    "artifact",
+    "error",
+    "done",
+)
+
+STOP_COMMAND = "stop"
+
+
+class ProtocolError(ValueError):
+    """A line that is not a valid event envelope."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One protocol event (the envelope and its payload)."""
+
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+    run_id: str = ""
+    time: float = 0.0
+    v: int = PROTOCOL_VERSION
+
+    def to_line(self) -> str:
+        """The event as one JSON line, newline included; NaN and infinities become null."""
+        return json.dumps(_json_safe(asdict(self)), separators=(",", ":"), allow_nan=False) + "\n"
+
+
+def _json_safe(value: Any) -> Any:
+    # NaN is not JSON; a diverged loss must still reach the client as a parseable line.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def decode(line: str) -> Event:
+    """Parse one line into an Event; raises ProtocolError naming what is wrong."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"not JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("not a JSON object")
+    for key, kind in (("v", int), ("seq", int), ("type", str), ("data", dict)):
+        if not isinstance(obj.get(key), kind):
+            raise ProtocolError(f'field "{key}" missing or not {kind.__name__}')
+    if obj["v"] > PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {obj['v']} is newer than this client's {PROTOCOL_VERSION}; "
+            "update EdgeTune"
+        )
+    return Event(
+        type=obj["type"],
+        data=obj["data"],
+        seq=obj["seq"],
+        run_id=str(obj.get("run_id", "")),
+        time=float(obj.get("time", 0.0)),
+        v=obj["v"],
+    )
+
+
+class EventWriter:
+    """Writes numbered events to a text stream, one flushed line each; thread-safe."""
+
+    def __init__(self, stream: IO[str], run_id: str) -> None:
+        self._stream = stream
+        self._run_id = run_id
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def emit(self, type: str, **data: Any) -> Event:
+        with self._lock:
+            event = Event(
+                type=type, data=data, seq=self._seq, run_id=self._run_id, time=time.time()
+            )
+            self._stream.write(event.to_line())
+            self._stream.flush()
+            self._seq += 1
+        return event

@@ -1,0 +1,288 @@
+"""The training recipe: setup → train (steps, evals, checkpoints) → save adapter → cleanup.
+
+A run is a pure function of its config: the split, the batch order, the LoRA init and every
+perturbation derive from `seed`, so a checkpoint of (θ, optimiser state, step) resumes to the
+exact loss sequence of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine import checkpoint, lora, memory
+from engine import config as config_io
+from engine import device as devices
+from engine import model as models
+from engine.config import TrainConfig
+from engine.data import Dataset, load_dataset, split
+from engine.errors import UserError
+from engine.events import EventBus, MetricsFileSink, truncate_history
+from engine.objective import Objective
+from engine.optim import build as build_optimizer
+from engine.optim import copies_needed
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH_ROWS = 16
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+class MemoryBudgetExceeded(UserError):
+    pass
+
+
+@dataclass
+class RunResult:
+    status: str  # completed | stopped
+    step: int
+    eval_before: dict | None
+    eval_after: dict | None
+    adapter_dir: Path | None
+
+
+def config_fingerprint(config: TrainConfig) -> str:
+    """What must not change between a run and its resume (everything but the run length and
+    bookkeeping fields)."""
+    values = config_io.to_dict(config)
+    for free in ("steps", "eval_every", "checkpoint_every", "keep_checkpoints", "output_dir",
+                 "memory_budget_gb", "threads", "eval_rows"):
+        values.pop(free)
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, bus: EventBus, stop: threading.Event | None = None):
+        self.config = config
+        self.bus = bus
+        self.stop = stop or threading.Event()
+        self.output_dir = Path(config.output_dir)
+        self.start_step = 0
+        self.eval_before: dict | None = None
+
+    # ---- setup -------------------------------------------------------------------------
+    def setup(self, resume: bool) -> None:
+        cfg = self.config
+        self._prepare_output_dir(resume)
+        self.device = devices.resolve(cfg.device)
+        self.dtype = devices.resolve_dtype(cfg.dtype, self.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.bus.emit("status", state="loading", message=f"loading data from {cfg.dataset}")
+        self.train_data, self.eval_data = self._load_data()
+        self.bus.emit("status", state="loading", message=f"loading model {cfg.model}")
+        loaded = models.load(cfg.model, self.device, self.dtype, cfg.trust_remote_code)
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        context = models.context_length(self.model)
+        if context and cfg.max_seq_len > context:
+            raise UserError(
+                f'config field "max_seq_len" is {cfg.max_seq_len} but the model reads at most '
+                f"{context} tokens; lower max_seq_len"
+            )
+        self.objective = Objective(self.tokenizer, self.train_data.task, cfg.max_seq_len,
+                                   self.train_data.label_words)
+        if self.train_data.task == "classification":
+            self.objective.check_label_words(self.train_data.label_words)
+        self.layers = lora.inject(self.model, cfg.lora, copies_needed(cfg.optimizer), cfg.seed)
+        self.optimizer = build_optimizer(cfg.optimizer, lora.trained_tensors(self.layers), cfg.seed)
+        self.fingerprint = config_fingerprint(cfg)
+        if resume:
+            self._restore()
+        self.metrics_sink = MetricsFileSink(self.output_dir / "metrics.jsonl")
+        self.bus.add(self.metrics_sink)
+        self.budget_bytes = int(cfg.memory_budget_gb * 2**30) or None
+
+    def _prepare_output_dir(self, resume: bool) -> None:
+        out = self.output_dir
+        has_run = (out / "config.yaml").exists() or (out / "checkpoints").exists()
+        if has_run and not resume:
+            raise UserError(
+                f"output_dir {out} already holds a run; pass --resume to continue it, or choose "
+                "another output_dir (nothing was overwritten)"
+            )
+        if resume and not has_run:
+            raise UserError(f"--resume: {out} holds no run to resume")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            if resume:
+                saved = config_io.load(out / "config.yaml")
+                if config_fingerprint(saved) != config_fingerprint(self.config):
+                    raise UserError(
+                        f"--resume: the config differs from the one {out} was started with (only "
+                        "steps, eval/checkpoint intervals, threads and the memory budget may "
+                        f"change); see {out / 'config.yaml'}"
+                    )
+            config_io.save(self.config, out / "config.yaml")
+        except PermissionError as exc:
+            raise UserError(f"output_dir {out} is not writable ({exc.strerror}); pick another") from exc
+
+    def _load_data(self) -> tuple[Dataset, Dataset]:
+        cfg = self.config
+        data = load_dataset(cfg.dataset, task=cfg.task, label_words=cfg.label_words,
+                            prompt_template=cfg.prompt_template)
+        if cfg.eval_dataset:
+            held_out = load_dataset(cfg.eval_dataset, task=data.task, label_words=data.label_words,
+                                    prompt_template=cfg.prompt_template)
+            train = data
+        else:
+            train, held_out = split(data, cfg.eval_fraction, cfg.seed)
+        if cfg.batch_size > len(train.examples):
+            raise UserError(
+                f'config field "batch_size" is {cfg.batch_size} but the training split has only '
+                f"{len(train.examples)} rows; lower batch_size or add data"
+            )
+        if cfg.eval_rows and len(held_out.examples) > cfg.eval_rows:
+            held_out = held_out.subset(sorted(random.Random(cfg.seed + 1).sample(
+                range(len(held_out.examples)), cfg.eval_rows)))
+        self.bus.log(f"data: {len(train.examples)} training rows, {len(held_out.examples)} "
+                     f"held-out rows, task {train.task}")
+        return train, held_out
+
+    def _restore(self) -> None:
+        found = checkpoint.load_latest(self.output_dir / "checkpoints",
+                                       warn=lambda m: self.bus.log(m, "warning"))
+        if found is None:
+            raise UserError(f"--resume: {self.output_dir} has no checkpoint yet; start it again "
+                            "without --resume in a new output_dir")
+        if found.config_fingerprint != self.fingerprint:
+            raise UserError(f"--resume: checkpoint {found.path} belongs to a different config")
+        self.optimizer.load_state_dict(found.state)
+        self.start_step = found.step
+        truncate_history(self.output_dir / "metrics.jsonl", found.step)
+        self.bus.log(f"resumed from {found.path} at step {found.step}")
+
+    # ---- batches -----------------------------------------------------------------------
+    def batch_indices(self, step: int) -> list[int]:
+        """Rows of the batch for `step`: seeded epoch permutations, so any step is addressable."""
+        n, b = len(self.train_data.examples), self.config.batch_size
+        rows = []
+        for position in range(step * b, step * b + b):
+            epoch, offset = divmod(position, n)
+            rows.append(self._permutation(epoch)[offset])
+        return rows
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if getattr(self, "_perm_epoch", None) != epoch:
+            order = list(range(len(self.train_data.examples)))
+            random.Random(f"{self.config.seed}:epoch:{epoch}").shuffle(order)
+            self._perm_epoch, self._perm = epoch, order
+        return self._perm
+
+    # ---- train -------------------------------------------------------------------------
+    def train(self) -> RunResult:
+        cfg = self.config
+        if self.start_step == 0:
+            self.eval_before = self.evaluate(0)
+        self.bus.emit("status", state="training", message=f"training with {cfg.optimizer.name}")
+        started = time.perf_counter()
+        step = self.start_step
+        while step < cfg.steps:
+            batch = self.objective.encode(
+                [self.train_data.examples[i] for i in self.batch_indices(step)]).to(self.device)
+            t0 = time.perf_counter()
+            with torch.inference_mode(cfg.optimizer.name != "fo"):
+                result = self.optimizer.step(lambda n, batch=batch: self._losses(batch, n), step)
+            devices.synchronize(self.device)
+            step_seconds = time.perf_counter() - t0
+            step += 1
+            if not math.isfinite(result.loss) or not all(math.isfinite(g) for g in result.projected_grads):
+                raise NonFiniteLoss(
+                    f"the loss became non-finite at step {step}; lower optimizer.lr or "
+                    "optimizer.eps. The last good checkpoint is kept; resume from it with the new "
+                    "setting after editing nothing else"
+                )
+            grads = result.projected_grads
+            grad_norm = math.sqrt(sum(g * g for g in grads)) if grads else None
+            self.bus.emit("metrics", step=step, loss=result.loss, step_seconds=step_seconds,
+                          tokens_per_second=batch.tokens / step_seconds, lr=cfg.optimizer.lr,
+                          projected_grad_norm=grad_norm)
+            elapsed = time.perf_counter() - started
+            done_here = step - self.start_step
+            self.bus.emit("progress", step=step, total_steps=cfg.steps, elapsed_seconds=elapsed,
+                          eta_seconds=elapsed / done_here * (cfg.steps - step))
+            self._check_memory(step)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                self.evaluate(step)
+            if self.stop.is_set():
+                self.save_checkpoint(step)
+                return RunResult("stopped", step, self.eval_before, None, None)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                self.save_checkpoint(step)
+        eval_after = self.evaluate(step)
+        self.save_checkpoint(step)
+        adapter_dir = self.save_adapter()
+        return RunResult("completed", step, self.eval_before, eval_after, adapter_dir)
+
+    def _losses(self, batch, copies: int) -> torch.Tensor:
+        with lora.active_copies(self.layers, copies):
+            return self.objective.losses(self.model, batch, copies)
+
+    def evaluate(self, step: int) -> dict:
+        self.bus.emit("status", state="evaluating", message=f"evaluating at step {step}")
+        examples = self.eval_data.examples
+        total_loss, correct = 0.0, 0
+        with torch.inference_mode(), lora.active_copies(self.layers, 1):
+            for start in range(0, len(examples), EVAL_BATCH_ROWS):
+                batch = self.objective.encode(examples[start:start + EVAL_BATCH_ROWS]).to(self.device)
+                loss, hits = self.objective.score(self.model, batch)
+                total_loss += loss
+                correct += hits
+        result = {
+            "step": step,
+            "loss": total_loss / len(examples),
+            "accuracy": correct / len(examples) if self.objective.task == "classification" else None,
+            "rows": len(examples),
+        }
+        self.bus.emit("eval", **result)
+        return result
+
+    def _check_memory(self, step: int) -> None:
+        rss, peak = memory.rss_bytes(), memory.peak_rss_bytes()
+        self.bus.emit("memory", step=step, rss_bytes=rss, peak_rss_bytes=peak,
+                      device_allocated_bytes=devices.allocated_bytes(self.device),
+                      budget_bytes=self.budget_bytes)
+        if self.budget_bytes and rss > self.budget_bytes:
+            self.save_checkpoint(step)
+            raise MemoryBudgetExceeded(
+                f"memory use ({rss / 2**30:.2f} GiB) crossed memory_budget_gb "
+                f"({self.config.memory_budget_gb} GiB) at step {step}; a checkpoint was written. "
+                "Lower batch_size, optimizer.q or max_seq_len (or use optimizer.mode=single), "
+                "then resume"
+            )
+
+    # ---- outputs -----------------------------------------------------------------------
+    def save_checkpoint(self, step: int) -> Path:
+        self.bus.emit("status", state="checkpointing", message=f"writing checkpoint at step {step}")
+        state = dict(self.optimizer.state_dict())
+        for name, layer in self.layers.items():
+            if not layer.train_a:
+                state[f"frozen/{name}.lora_A"] = layer.lora_A
+        path = checkpoint.save(self.output_dir / "checkpoints", step, state, self.fingerprint,
+                               self.config.keep_checkpoints)
+        self.bus.emit("checkpoint", step=step, path=str(path))
+        return path
+
+    def save_adapter(self) -> Path:
+        directory = self.output_dir / "adapter"
+        lora.save_peft_adapter(directory, self.layers, self.optimizer.theta, self.config.lora,
+                               str(models.resolve_reference(self.config.model)))
+        self.bus.emit("artifact", kind="adapter", path=str(directory))
+        return directory
+
+    def cleanup(self) -> None:
+        sink = getattr(self, "metrics_sink", None)
+        if sink is not None:
+            self.bus.sinks.remove(sink)
+            sink.close()
