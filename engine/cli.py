@@ -28,10 +28,24 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "resources" / "configs" /
 log = logging.getLogger("engine")
 
 
+# Subcommands that live in their own modules: name → (module, help). Each module has
+# `main(argv: list[str]) -> int` with its own argparse, and raises UserError for user mistakes.
+TOOLS = {
+    "inspect-dataset": ("engine.inspect", "detect a dataset's format and schema, preview rows"),
+    "probe": ("engine.probe", "describe a model: architecture, size, context, memory estimate"),
+    "export": ("engine.export", "export a run: ExecuTorch .pte, GGUF adapter, merged model"),
+    "chat": ("engine.chat", "chat with a base model (+ adapter), streaming"),
+    "bench": ("engine.bench", "benchmarks: throughput, step time, memory, accuracy"),
+    "push": ("engine.phone", "push an exported folder to a connected Android phone"),
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="EdgeTune engine")
     parser.add_argument("--version", action="version", version=f"edgetune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in TOOLS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     for name, help_text in (("train", "train from a YAML config, with a progress bar"),
                             ("run", "train and speak the event protocol (used by the app)")):
         p = sub.add_parser(name, help=help_text)
@@ -47,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Tracebacks go to the run's log file only; never to the user's terminal.
     logging.getLogger().addHandler(logging.NullHandler())
+    if argv and argv[0] in TOOLS:
+        return run_tool(argv[0], argv[1:])
     args = _parser().parse_args(argv)
     # A bare `key=value` lands in `config` when no YAML is given; move it to the overrides.
     if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
@@ -54,6 +70,25 @@ def main(argv: list[str] | None = None) -> int:
         args.config = None
     protocol = args.command == "run" or args.protocol
     return train_command(args, protocol, argv)
+
+
+def run_tool(name: str, argv: list[str]) -> int:
+    """Run a tool subcommand; a UserError becomes one paragraph on stderr and exit code 2."""
+    import importlib
+
+    try:
+        module = importlib.import_module(TOOLS[name][0])
+        return int(module.main(argv) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except ModuleNotFoundError as exc:
+        if exc.name == TOOLS[name][0]:
+            print(f"error: `{name}` is not available in this version of EdgeTune", file=sys.stderr)
+            return EXIT_USER
+        raise
+    except KeyboardInterrupt:
+        return 130
 
 
 def _reserve_stdout():
