@@ -1,0 +1,93 @@
+"""`python -m engine export RUN_DIR --format FORMAT [--out PATH] [format options]`.
+
+A run folder (config.yaml + adapter/) becomes something another runtime loads. Each format
+lives in its own module, imported only when asked for (llama.cpp's and ExecuTorch's stacks are
+heavy and independent).
+
+The contract a format module follows (see FORMATS for which function serves which format):
+
+- ``export(run_dir: Path, out: Path | None, **options) -> Path``: write the export and return
+  the path of its main file (or folder). ``out=None`` means the default, a path inside
+  ``run_dir/export/``. ``options`` are the format's own command-line options, by their argparse
+  ``dest`` name. Raise ``engine.errors.UserError`` for anything the user can fix.
+- ``add_arguments(parser: argparse.ArgumentParser, fmt: str) -> None`` (optional): add the
+  format's own options to the export parser; ``fmt`` tells a module serving several formats
+  which one is being parsed. Every option needs a default, so that calling ``export`` from
+  Python without it works too.
+
+Progress and measurements go to stderr (logging); stdout gets one line, the exported path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from engine.errors import UserError
+
+# format → (module, function, help)
+FORMATS = {
+    "gguf": ("engine.export.gguf", "export",
+             "GGUF LoRA adapter for llama.cpp / LM Studio / Ollama, with an Ollama Modelfile"),
+    "merged-gguf": ("engine.export.gguf", "export_merged",
+                    "full GGUF model with the adapter merged in (Hugging Face folder bases, "
+                    "Llama family)"),
+    "executorch": ("engine.export.executorch", "export",
+                   "ExecuTorch .pte program for phones"),
+}
+
+
+def _parser(fmt: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine export",
+        description="Export a training run for another runtime.",
+        epilog="formats: " + "; ".join(f"{name}: {spec[2]}" for name, spec in FORMATS.items()),
+    )
+    parser.add_argument("run_dir", type=Path, help="run folder (holds config.yaml and adapter/)")
+    parser.add_argument("--format", dest="fmt", choices=sorted(FORMATS), required=True,
+                        help="what to write")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output path (default: a file in RUN_DIR/export/)")
+    if fmt is not None:
+        add_arguments = getattr(_format_module(fmt), "add_arguments", None)
+        if add_arguments is not None:
+            add_arguments(parser, fmt)
+    return parser
+
+
+def _format_module(fmt: str):
+    module_name = FORMATS[fmt][0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise UserError(f"--format {fmt} is not available in this version of EdgeTune") from None
+        raise
+
+
+def main(argv: list[str]) -> int:
+    # Two passes: the format decides which options exist.
+    known, _ = _parser(None).parse_known_args(argv)
+    args = _parser(known.fmt).parse_args(argv)
+    options = {k: v for k, v in vars(args).items() if k not in ("run_dir", "fmt", "out")}
+    export = getattr(_format_module(args.fmt), FORMATS[args.fmt][1])
+    path = export(args.run_dir, args.out, **options)
+    print(path)
+    return 0
+
+
+def run_folder(run_dir: Path) -> tuple[Path, Path]:
+    """Check that `run_dir` is a finished run; return (config.yaml, adapter folder)."""
+    config_path = run_dir / "config.yaml"
+    adapter_dir = run_dir / "adapter"
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run folder; give the output_dir of a training run")
+    if not config_path.is_file():
+        raise UserError(f"{run_dir}: no config.yaml; this is not a run folder made by "
+                        "`python -m engine train`")
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise UserError(f"{adapter_dir}: no adapter_config.json; the run has not finished "
+                        "(resume it with `python -m engine train CONFIG --resume`)")
+    return config_path, adapter_dir
+
