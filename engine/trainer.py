@@ -95,8 +95,8 @@ class Trainer:
                                    self.train_data.label_words)
         if self.train_data.task == "classification":
             self.objective.check_label_words(self.train_data.label_words)
-        self.layers = lora.inject(self.model, cfg.lora, copies_needed(cfg.optimizer), cfg.seed)
-        self.optimizer = build_optimizer(cfg.optimizer, lora.trained_tensors(self.layers), cfg.seed)
+        self.adapter = lora.inject(self.model, cfg.lora, copies_needed(cfg.optimizer), cfg.seed)
+        self.optimizer = build_optimizer(cfg.optimizer, self.adapter.store, cfg.seed)
         self.fingerprint = config_fingerprint(cfg)
         if resume:
             self._restore()
@@ -226,14 +226,14 @@ class Trainer:
         return RunResult("completed", step, self.eval_before, eval_after, adapter_dir)
 
     def _losses(self, batch, copies: int) -> torch.Tensor:
-        with lora.active_copies(self.layers, copies):
+        with lora.active_copies(self.adapter, copies):
             return self.objective.losses(self.model, batch, copies)
 
     def evaluate(self, step: int) -> dict:
         self.bus.emit("status", state="evaluating", message=f"evaluating at step {step}")
         examples = self.eval_data.examples
         total_loss, correct = 0.0, 0
-        with torch.inference_mode(), lora.active_copies(self.layers, 1):
+        with torch.inference_mode(), lora.active_copies(self.adapter, 1):
             for start in range(0, len(examples), EVAL_BATCH_ROWS):
                 batch = self.objective.encode(examples[start:start + EVAL_BATCH_ROWS]).to(self.device)
                 loss, hits = self.objective.score(self.model, batch)
@@ -266,9 +266,7 @@ class Trainer:
     def save_checkpoint(self, step: int) -> Path:
         self.bus.emit("status", state="checkpointing", message=f"writing checkpoint at step {step}")
         state = dict(self.optimizer.state_dict())
-        for name, layer in self.layers.items():
-            if not layer.train_a:
-                state[f"frozen/{name}.lora_A"] = layer.lora_A
+        state.update({f"frozen/{key}": a for key, a in self.adapter.frozen().items()})
         path = checkpoint.save(self.output_dir / "checkpoints", step, state, self.fingerprint,
                                self.config.keep_checkpoints)
         self.bus.emit("checkpoint", step=step, path=str(path))
@@ -276,7 +274,7 @@ class Trainer:
 
     def save_adapter(self) -> Path:
         directory = self.output_dir / "adapter"
-        lora.save_peft_adapter(directory, self.layers, self.optimizer.theta, self.config.lora,
+        lora.save_peft_adapter(directory, self.adapter, self.optimizer.theta, self.config.lora,
                                str(models.resolve_reference(self.config.model)))
         self.bus.emit("artifact", kind="adapter", path=str(directory))
         return directory

@@ -87,8 +87,6 @@ def test_peft_round_trip_gives_the_engine_logits(tiny_config, tiny_model):
     with torch.inference_mode():
         ours = trainer.objective.logits(trainer.model, batch, 1)
         theirs = trainer.objective.logits(peft_model, batch, 1)
-        plain = trainer.objective.logits(base.get_base_model() if hasattr(base, "get_base_model") else base,
-                                         batch, 1)
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
     # The adapter is not a no-op: B was trained.
     with peft_model.disable_adapter(), torch.inference_mode():

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-
 from engine.config import OptimizerConfig
+from engine.lora import LoRAStore
 from engine.optim.base import LossFn, StepResult, TrainedOptimizer
 from engine.optim.fo import FirstOrder
 from engine.optim.mezo import MeZO
@@ -22,8 +21,6 @@ def copies_needed(config: OptimizerConfig) -> int:
     return 1
 
 
-def build(
-    config: OptimizerConfig, tensors: dict[str, torch.nn.Parameter], seed: int
-) -> TrainedOptimizer:
+def build(config: OptimizerConfig, store: LoRAStore, seed: int) -> TrainedOptimizer:
     makers: dict[str, Callable[..., TrainedOptimizer]] = {"prge": PRGE, "mezo": MeZO, "fo": FirstOrder}
-    return makers[config.name](config, tensors, seed)
+    return makers[config.name](config, store, seed)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from engine.config import OptimizerConfig
+from engine.lora import LoRAStore
 
 # losses(copies) → one mean loss per copy of the tiled batch, shape (copies,).
 LossFn = Callable[[int], torch.Tensor]
@@ -27,52 +28,48 @@ def direction_seed(seed: int, step: int, direction: int) -> int:
 
 
 class TrainedOptimizer:
-    """Holds θ (the master copy of every trained tensor) and keeps the copies in sync with it.
+    """Holds θ (the master copy of the adapter, flat) and keeps the store's copies in sync with it.
 
-    `tensors` maps names to parameters with a leading copy axis; θ has the shape of one copy.
+    `store.copies` is (copies, total); θ, z and every update are flat (total,) vectors, so each
+    step costs a few whole-buffer operations per direction however many layers are adapted.
     """
 
-    def __init__(self, config: OptimizerConfig, tensors: dict[str, torch.nn.Parameter], seed: int):
+    def __init__(self, config: OptimizerConfig, store: LoRAStore, seed: int):
         self.config = config
-        self.tensors = tensors
+        self.store = store
         self.seed = seed
-        self.theta = {name: t[0].detach().clone() for name, t in tensors.items()}
-        self._z = {name: torch.empty_like(t) for name, t in self.theta.items()}
-        device = next(iter(self.theta.values())).device
-        self._generator = torch.Generator(device=device)
+        self.theta = store.copies[0].detach().clone()
+        self._z = torch.empty_like(self.theta)
+        self._generator = torch.Generator(device=self.theta.device)
 
     def step(self, losses: LossFn, step: int) -> StepResult:
         raise NotImplementedError
 
-    def directions(self, step: int, direction: int) -> Iterator[tuple[str, torch.Tensor]]:
-        """z for one direction, tensor by tensor (in a scratch buffer reused every call)."""
+    def direction(self, step: int, direction: int) -> torch.Tensor:
+        """z for one direction (in a scratch buffer reused by every call)."""
         self._generator.manual_seed(direction_seed(self.seed, step, direction))
-        for name, theta in self.theta.items():
-            yield name, torch.randn(theta.shape, generator=self._generator, out=self._z[name])
+        return torch.randn(self.theta.shape, generator=self._generator, out=self._z)
 
     def set_copy(self, copy: int, step: int, direction: int, scale: float) -> None:
-        """Copy `copy` of every tensor ← θ + scale · z_direction."""
-        for name, z in self.directions(step, direction):
-            torch.add(self.theta[name], z, alpha=scale, out=self.tensors[name].data[copy])
+        """Copy `copy` of the adapter ← θ + scale · z_direction."""
+        z = self.direction(step, direction)
+        torch.add(self.theta, z, alpha=scale, out=self.store.copies.data[copy])
 
     def apply_projected_grads(self, step: int, grads: list[float]) -> None:
         """θ ← θ − lr · (1/q) Σ g_i z_i, then every copy ← θ."""
         q = len(grads)
         for i, g in enumerate(grads):
-            for name, z in self.directions(step, i):
-                self.theta[name].add_(z, alpha=-self.config.lr * g / q)
+            self.theta.add_(self.direction(step, i), alpha=-self.config.lr * g / q)
         self.broadcast()
 
     def broadcast(self) -> None:
-        for name, tensor in self.tensors.items():
-            tensor.data.copy_(self.theta[name].unsqueeze(0).expand_as(tensor))
+        self.store.copies.data.copy_(self.theta.expand_as(self.store.copies))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"theta/{name}": t for name, t in self.theta.items()}
+        return {"theta": self.theta}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for name, theta in self.theta.items():
-            theta.copy_(state[f"theta/{name}"])
+        self.theta.copy_(state["theta"])
         self.broadcast()
 
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import torch
 
 from engine.config import OptimizerConfig
+from engine.lora import LoRAStore
 from engine.optim.base import LossFn, StepResult, TrainedOptimizer
 
 
 class FirstOrder(TrainedOptimizer):
-    def __init__(self, config: OptimizerConfig, tensors: dict[str, torch.nn.Parameter], seed: int):
-        super().__init__(config, tensors, seed)
-        for tensor in tensors.values():
-            tensor.requires_grad_(True)
-        self._adamw = torch.optim.AdamW(
-            list(tensors.values()), lr=config.lr, weight_decay=config.weight_decay
-        )
+    """AdamW on the store's single copy (the layers slice their views from it in every forward,
+    so autograd reaches it)."""
+
+    def __init__(self, config: OptimizerConfig, store: LoRAStore, seed: int):
+        super().__init__(config, store, seed)
+        store.copies.requires_grad_(True)
+        self._adamw = torch.optim.AdamW([store.copies], lr=config.lr, weight_decay=config.weight_decay)
 
     def step(self, losses: LossFn, step: int) -> StepResult:
         self._adamw.zero_grad(set_to_none=True)
@@ -23,23 +24,19 @@ class FirstOrder(TrainedOptimizer):
             loss = losses(1)[0]
             loss.backward()
         self._adamw.step()
-        for name, tensor in self.tensors.items():
-            self.theta[name].copy_(tensor.detach()[0])
+        self.theta.copy_(self.store.copies.detach()[0])
         return StepResult(loss=float(loss.detach()))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = super().state_dict()
-        adam = self._adamw.state_dict()["state"]
-        for index, name in enumerate(self.tensors):
-            for key, value in adam.get(index, {}).items():
-                state[f"adamw/{name}/{key}"] = torch.as_tensor(value)
+        for key, value in self._adamw.state_dict()["state"].get(0, {}).items():
+            state[f"adamw/{key}"] = torch.as_tensor(value)
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         super().load_state_dict(state)
         full = self._adamw.state_dict()
-        for index, name in enumerate(self.tensors):
-            keys = [k.rsplit("/", 1)[1] for k in state if k.startswith(f"adamw/{name}/")]
-            if keys:
-                full["state"][index] = {k: state[f"adamw/{name}/{k}"].clone() for k in keys}
+        moments = {k.split("/", 1)[1]: v.clone() for k, v in state.items() if k.startswith("adamw/")}
+        if moments:
+            full["state"][0] = moments
         self._adamw.load_state_dict(full)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from engine.optim.base import LossFn, StepResult, TrainedOptimizer, projected_grads
 
 
@@ -10,10 +12,12 @@ class PRGE(TrainedOptimizer):
 
     def step(self, losses: LossFn, step: int) -> StepResult:
         q, eps = self.config.q, self.config.eps
+        copies = self.store.copies.data
         for i in range(q):
-            self.set_copy(i, step, i, eps)
+            z = self.direction(step, i)
+            torch.add(self.theta, z, alpha=eps, out=copies[i])
             if self.config.mode == "dual":
-                self.set_copy(q + i, step, i, -eps)
+                torch.add(self.theta, z, alpha=-eps, out=copies[q + i])
         if self.config.mode == "dual":
             both = losses(2 * q)
             plus, minus = both[:q], both[q:]
