@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Tracebacks go to the run's log file only; never to the user's terminal.
     logging.getLogger().addHandler(logging.NullHandler())
+    _quiet_libraries()
     if argv and argv[0] in TOOLS:
         return run_tool(argv[0], argv[1:])
     args = _parser().parse_args(argv)
@@ -70,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         args.config = None
     protocol = args.command == "run" or args.protocol
     return train_command(args, protocol, argv)
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (optional-kernel probes, progress bars) off the user's terminal."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def run_tool(name: str, argv: list[str]) -> int:

@@ -114,6 +114,8 @@ class TerminalSink:
             acc = data.get("accuracy")
             acc_text = f", accuracy {acc:.1%}" if acc is not None else ""
             self._line(f"eval @ step {data['step']}: loss {data['loss']:.4f}{acc_text} ({data['rows']} rows)")
+        elif type == "status" and data.get("state") == "loading":
+            self._line(data["message"])
         elif type in ("log", "error"):
             if type == "error" or data.get("level") != "debug":
                 self._line(data["message"])
