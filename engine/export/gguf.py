@@ -12,7 +12,7 @@ The layout follows llama.cpp's own converters (convert_hf_to_gguf.py, convert_lo
   rope, whose pairing is Hugging Face's, so nothing is permuted there.
 
 After writing, the export is loaded by llama.cpp and compared with torch + peft (see
-engine/export/gguf_verify.py); an Ollama Modelfile is written beside it.
+engine/export/gguf_verify.py); an Ollama Modelfile (`<name>.Modelfile`) is written beside it.
 """
 
 from __future__ import annotations
@@ -112,22 +112,22 @@ def export(run_dir: Path, out: Path | None, verify: bool = True,
     run = load_run(run_dir)
     out = out or run_dir / "export" / "adapter.gguf"
     out.parent.mkdir(parents=True, exist_ok=True)
-    if base_gguf is None:
-        base_gguf = run.base_gguf
-    if base_gguf is None:
-        base_gguf = out.parent / "base-f16.gguf"
+    # A Hugging Face folder base has no GGUF of its own: convert it once, beside the adapter.
+    converted = out.parent / "base-f16.gguf"
+    base_gguf = base_gguf or run.base_gguf or converted
+    if not base_gguf.is_file():
+        if base_gguf != converted:
+            raise UserError(f"--base-gguf {base_gguf}: no such file")
         started = time.perf_counter()
         write_model(run.torch_folder, base_gguf, "f16")
         log.info("base model written as GGUF: %s (%.1f s)", base_gguf, time.perf_counter() - started)
-    elif not base_gguf.is_file():
-        raise UserError(f"--base-gguf {base_gguf}: no such file")
     started = time.perf_counter()
     write_adapter(run.adapter_dir, run.hf_config, run.arch, out)
     log.info("adapter written: %s (%.2f s)", out, time.perf_counter() - started)
     if verify:
         report = verify_adapter(base_gguf, out, run.torch_folder, run.adapter_dir)
         (out.parent / f"{out.stem}.verification.json").write_text(report.to_json())
-    write_modelfile(out.parent / "Modelfile", base_gguf, out, run.chat_template,
+    write_modelfile(out.with_suffix(".Modelfile"), base_gguf, out, run.chat_template,
                     _stop_words(run.torch_folder))
     return out
 
@@ -150,7 +150,7 @@ def export_merged(run_dir: Path, out: Path | None, verify: bool = True,
     if verify:
         report = verify_merged(out, run.torch_folder, run.adapter_dir)
         (out.parent / f"{out.stem}.verification.json").write_text(report.to_json())
-    write_modelfile(out.parent / "Modelfile", out, None, run.chat_template,
+    write_modelfile(out.with_suffix(".Modelfile"), out, None, run.chat_template,
                     _stop_words(run.torch_folder))
     return out
 
@@ -205,7 +205,7 @@ def write_adapter(adapter_dir: Path, hf_config: dict, arch: ArchSpec, path: Path
         else:
             raise UserError(f"{adapter_dir}: tensor {key} is neither lora_A nor lora_B; "
                             "only LoRA on linear layers can be exported to GGUF")
-    writer = gguf.GGUFWriter(str(path), arch.gguf_arch)
+    writer = gguf.GGUFWriter(str(_partial(path)), arch.gguf_arch)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(adapter_config["lora_alpha"]))
@@ -220,14 +220,20 @@ def write_adapter(adapter_dir: Path, hf_config: dict, arch: ArchSpec, path: Path
         name = _gguf_name(name_map, module)
         writer.add_tensor(f"{name}.lora_a", lora_a.contiguous().numpy())
         writer.add_tensor(f"{name}.lora_b", lora_b.contiguous().numpy())
-    _write(writer)
+    _write(writer, path)
 
 
-def _write(writer) -> None:
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def _write(writer, path: Path) -> None:
+    # Written beside and renamed: a chat process loading the file never sees half of it.
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    _partial(path).replace(path)
 
 
 def write_model(folder: Path, path: Path, outtype: str, adapter_dir: Path | None = None) -> None:
@@ -261,7 +267,7 @@ def write_model(folder: Path, path: Path, outtype: str, adapter_dir: Path | None
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     state = model.state_dict()
 
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(_partial(path)), "llama")
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(folder.name)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16"
@@ -290,7 +296,7 @@ def write_model(folder: Path, path: Path, outtype: str, adapter_dir: Path | None
         if outtype == "f16" and array.ndim == 2:
             array = array.astype(np.float16)
         writer.add_tensor(_gguf_name(name_map, name), array)
-    _write(writer)
+    _write(writer, path)
 
 
 def _add_tokenizer(writer, folder: Path, vocab_size: int) -> None:
