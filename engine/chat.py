@@ -88,9 +88,13 @@ class LlamaCppBackend:
     def label_probs(self, prompt: str, words: list[str]) -> list[float]:
         ids = self.llm.tokenize(prompt.encode(), add_bos=False, special=False)
         label_ids = [self.llm.tokenize(w.encode(), add_bos=False, special=False)[0] for w in words]
+        import llama_cpp
+
         self.llm.reset()
         self.llm.eval(ids)
-        logits = self.llm.scores[len(ids) - 1]
+        # Without logits_all (n_ctx × vocab floats) llama-cpp-python keeps no scores; the last
+        # position's logits are still in the context.
+        logits = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return _softmax([float(logits[i]) for i in label_ids])
 
 

@@ -1,0 +1,103 @@
+"""`python -m engine chat`: llama.cpp and transformers backends, the JSON event stream."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lora_runs import make_random_adapter, make_run
+
+from engine.chat import LlamaCppBackend, Settings, TransformersBackend, resolve
+from engine.cli import run_tool
+from engine.export import gguf as gguf_export
+from engine.protocol import decode
+
+REPO = Path(__file__).resolve().parent.parent
+LABELS = [" terrible", " great"]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model, tmp_path_factory):
+    """The same adapter on a GGUF base and on the Hugging Face folder it was written from."""
+    root = tmp_path_factory.mktemp("chat")
+    base_gguf = root / "tiny.gguf"
+    gguf_export.write_model(tiny_model, base_gguf, "f32")
+    adapter = make_random_adapter(tiny_model, root / "adapter", b_std=0.3)
+    options = dict(label_words=LABELS, prompt_template="{text} It was")
+    return (make_run(root / "gguf-run", base_gguf, adapter, **options),
+            make_run(root / "folder-run", tiny_model, adapter, **options))
+
+
+def _chat(*args: str, stdin: str = "") -> tuple[list, subprocess.CompletedProcess]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "engine", "chat", *args], input=stdin,
+                          capture_output=True, text=True, timeout=180, env=env, cwd=REPO)
+    if "--json-stream" not in args:
+        return [], proc
+    return [decode(line) for line in proc.stdout.splitlines() if line.strip()], proc
+
+
+def test_json_stream_on_a_gguf_run(runs):
+    events, proc = _chat("--adapter", str(runs[0]), "--prompt", "The food was",
+                         "--max-tokens", "16", "--temperature", "0", "--json-stream")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    types = [e.type for e in events]
+    assert types[0] == "hello" and types[-1] == "done"
+    assert [e.seq for e in events] == list(range(len(events)))
+    assert "token" in types and "error" not in types
+    assert events[-1].data["status"] == "completed"
+    probs = next(e for e in events if e.type == "label_probs").data
+    assert probs["words"] == LABELS
+    assert sum(probs["probabilities"]) == pytest.approx(1.0)
+    # The GGUF adapter was exported on first use, beside the run.
+    assert (runs[0] / "export" / "adapter.gguf").is_file()
+
+
+def test_backends_agree_on_label_probabilities(runs):
+    """llama.cpp (GGUF base + GGUF adapter) and torch (folder + PEFT) score the same."""
+    gguf_target, folder_target = resolve(None, runs[0]), resolve(None, runs[1])
+    prompt = "The service was slow and the soup cold. It was"
+    adapter_gguf = runs[0] / "export" / "adapter.gguf"
+    if not adapter_gguf.is_file():
+        gguf_export.export(runs[0], adapter_gguf, verify=False)
+    cpp = LlamaCppBackend(Path(gguf_target.model), adapter_gguf, 1.0, seed=0)
+    cpp_base = LlamaCppBackend(Path(gguf_target.model), None, 1.0, seed=0)
+    torch_backend = TransformersBackend(Path(folder_target.model), folder_target.adapter_dir, 1.0)
+    torch_base = TransformersBackend(Path(folder_target.model), folder_target.adapter_dir, 0.0)
+    tuned = cpp.label_probs(prompt, LABELS)
+    before = cpp_base.label_probs(prompt, LABELS)
+    assert tuned == pytest.approx(torch_backend.label_probs(prompt, LABELS), abs=1e-3)
+    assert before == pytest.approx(torch_base.label_probs(prompt, LABELS), abs=1e-3)
+    assert abs(tuned[0] - before[0]) > 1e-3  # the adapter moves the answer
+
+    # Greedy answers are the same run to run, and the stop flag ends a stream early.
+    settings = Settings(temperature=0.0, max_tokens=20)
+    messages = [{"role": "user", "content": "Hello"}]
+    assert "".join(cpp.stream(messages, settings)) == "".join(cpp.stream(messages, settings))
+    stopped = Settings(temperature=0.0, max_tokens=200)
+    pieces = []
+    for piece in torch_backend.stream(messages, stopped):
+        pieces.append(piece)
+        stopped.stop.set()
+    assert 1 <= len(pieces) <= 3
+
+
+def test_folder_run_streams_in_the_terminal(runs):
+    _, proc = _chat("--adapter", str(runs[1]), "--max-tokens", "8", "--temperature", "0",
+                    stdin="Hello\n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--adapter", "/nonexistent/run", "--prompt", "hi"], "no such run folder"),
+    (["default", "--top-p", "1.5", "--prompt", "hi"], "--top-p 1.5"),
+    (["--prompt", "hi"], "give a model"),
+])
+def test_bad_input_is_one_clear_line(args, message, capsys):
+    assert run_tool("chat", args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
