@@ -176,7 +176,11 @@ class Target:
 
 
 def resolve(model: str | None, adapter: Path | None) -> Target:
-    from engine.model import resolve_reference
+    # engine.model imports torch: a mistyped path is reported before paying for that.
+    def resolve_reference(reference: str) -> str:
+        from engine.model import resolve_reference
+
+        return resolve_reference(reference)
 
     if adapter is not None and adapter.suffix == ".gguf":
         if model is None:
