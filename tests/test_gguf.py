@@ -203,3 +203,5 @@ def test_smollm2_q4_adapter_in_llama_cpp(tmp_path):
     print(f"\nSmolLM2 adapter export {export_seconds:.2f} s; {report.to_json()}")
     assert report.scale0_exact
     assert report.delta_correlation >= gguf_verify.QUANTISED_BASE.min_delta_correlation
+    assert report.top1_agreement >= gguf_verify.QUANTISED_BASE.min_top1_agreement
+    assert report.float_base["delta_correlation"] >= gguf_verify.FLOAT_BASE.min_delta_correlation
