@@ -67,9 +67,11 @@ def _format_module(fmt: str):
 
 
 def main(argv: list[str]) -> int:
-    # Two passes: the format decides which options exist.
-    known, _ = _parser(None).parse_known_args(argv)
-    args = _parser(known.fmt).parse_args(argv)
+    # The format decides which options exist: find it first, then parse everything.
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--format", dest="fmt")
+    fmt = probe.parse_known_args(argv)[0].fmt
+    args = _parser(fmt if fmt in FORMATS else None).parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k not in ("run_dir", "fmt", "out")}
     export = getattr(_format_module(args.fmt), FORMATS[args.fmt][1])
     path = export(args.run_dir, args.out, **options)

@@ -15,9 +15,9 @@ Tolerances: with float weights on both sides (f32/f16) the only differences are 
 the change must correlate almost perfectly (SmolLM2-135M, f16 GGUF: 0.9997; the tiny test
 model, f32: 0.9999999). A quantised base (Q4/Q8 GGUF against its dequantised torch copy) shifts
 every activation that reaches the adapter, so there the correlation says little: on SmolLM2 Q4_1
-it is 0.82-0.85 with the right Q/K permutation and 0.78 without. For a quantised Llama base the
-adapter is therefore also checked, decisively, against an f16 GGUF of the dequantised weights
-(written to a temporary folder), and the quantised numbers are reported with loose bounds.
+it is 0.81-0.85 with the right Q/K permutation and 0.78 without (top-1 agreement 93-100%). For a
+quantised Llama base the adapter is therefore also checked, decisively, against an f16 GGUF of
+the dequantised weights (written to a temporary folder); the quantised numbers get loose bounds.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Tolerance:
 
 
 FLOAT_BASE = Tolerance(min_delta_correlation=0.999, min_top1_agreement=0.98)
-QUANTISED_BASE = Tolerance(min_delta_correlation=0.7, min_top1_agreement=0.9)
+QUANTISED_BASE = Tolerance(min_delta_correlation=0.7, min_top1_agreement=0.85)
 
 
 @dataclass
