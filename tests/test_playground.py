@@ -27,6 +27,12 @@ def gguf_run(tiny_model, tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def folder_run(tiny_model, gguf_run):
+    """The same adapter on the Hugging Face folder: transformers generates, slowly enough to stop."""
+    return make_run(gguf_run.parent / "folder-run", tiny_model, gguf_run / "adapter")
+
+
 @pytest.fixture
 def playground(qtbot):
     widget = PlaygroundWidget()
@@ -55,8 +61,10 @@ def test_base_and_fine_tuned_answers_stream_side_by_side(playground, gguf_run, q
     assert playground.send_button.isEnabled() and not playground.stop_button.isEnabled()
 
 
-def test_stop_ends_both_processes(playground, gguf_run, qtbot):
-    playground.set_run(gguf_run)
+def test_stop_ends_both_processes(playground, folder_run, qtbot):
+    # llama.cpp writes the tiny model's 1500 tokens in well under a second; transformers takes
+    # long enough that Stop lands mid-answer.
+    playground.set_run(folder_run)
     playground.prompt.setPlainText("Tell me a long story")
     playground.temperature.setValue(0.0)
     playground.max_tokens.setValue(1500)
