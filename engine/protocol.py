@@ -31,6 +31,11 @@ Event payloads (fields may be added):
 - error: kind ("user" | "internal"), message, log_path
 - done: status ("completed" | "stopped" | "failed"), exit_code, output_dir
 
+Chat sessions (`python -m engine chat --json-stream`, see engine/chat.py) use the same envelope
+and add:
+- token: text (a streamed piece of the answer)
+- label_probs: words → probability of each label word at the answer position
+
 Client → engine (the engine's stdin): one command per line; today only ``stop`` (finish the
 current step, write a checkpoint, exit with done/stopped).
 """
@@ -58,6 +63,8 @@ EVENT_TYPES = (
     "artifact",
     "error",
     "done",
+    "token",
+    "label_probs",
 )
 
 STOP_COMMAND = "stop"
