@@ -1,0 +1,112 @@
+"""`python -m engine bench WHAT`: the numbers behind docs/benchmarks.md.
+
+    throughput  time of one plain forward at 1…64 rows, and the ideal P-RGE speed-up S*
+    step        step time of prge dual/single, mezo and fo against plain forwards (S, S*, L)
+    accuracy    SST-2 held-out accuracy against steps and seconds for every optimiser
+    plot        redraw the PNGs in docs/ from the JSON results
+
+Each writes one JSON (machine, versions, git revision, threads, load average included) to
+--results and redraws its plot. Benchmarks print numbers; they are not run by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from engine.bench.common import DOCS, write_json
+
+RESULTS = DOCS / "bench"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", default="default",
+                       help="model reference (default: SmolLM2-135M) or 'tiny' (random 2-layer Llama)")
+        p.add_argument("--threads", type=int, default=2, help="torch threads, pinned (default 2)")
+        p.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON results")
+        p.add_argument("--plots", type=Path, default=DOCS, help="folder for the PNG plots")
+        p.add_argument("--tag", default="", help="suffix of the result file name")
+
+    p = sub.add_parser("throughput", help="plain forward time at 1…64 rows")
+    common(p)
+    p.add_argument("--seq-lens", type=int, nargs="+", default=[25, 32],
+                   help="tokens per row (demo ≈ 25, SST-2 ≈ 32)")
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+
+    p = sub.add_parser("step", help="step time of every optimiser against plain forwards")
+    common(p)
+    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--qs", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--effective-batch", type=int, default=16, help="q·b for the first sweep")
+    p.add_argument("--fixed-b", type=int, default=4, help="b for the second sweep (q ≤ 8)")
+    p.add_argument("--fixed-b-max-q", type=int, default=8)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one prge dual step and one plain forward per q (top ops)")
+
+    p = sub.add_parser("accuracy", help="SST-2 accuracy against steps and seconds")
+    common(p)
+    from engine.bench.accuracy import SST2
+
+    p.add_argument("--sst2", type=Path, default=SST2, help="SST-2 train.tsv (sentence<TAB>label)")
+    p.add_argument("--steps", type=int, default=200, help="steps of the prge runs (mezo, fo: half)")
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--eval-rows", type=int, default=200)
+    p.add_argument("--train-rows", type=int, default=10000)
+    p.add_argument("--only", nargs="+", choices=["prge", "mezo", "fo"], help="run only these")
+    p.add_argument("--work", type=Path, default=None,
+                   help="folder for the runs (default runs/bench-accuracy-TIME)")
+
+    p = sub.add_parser("plot", help="redraw the plots from the JSON results")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--plots", type=Path, default=DOCS)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.what == "plot":
+        from engine.bench.plots import plot_all
+
+        for path in plot_all(args.results, args.plots):
+            print(path)
+        return 0
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    suffix = f"-{args.tag}" if args.tag else ""
+    if args.what == "accuracy":
+        from engine.bench import accuracy
+
+        work = args.work or Path("runs") / f"bench-accuracy-{time.strftime('%Y%m%d-%H%M%S')}"
+        record = accuracy.run(args.model, args.sst2, args.steps, args.eval_every, args.eval_rows,
+                              args.train_rows, args.threads, work, args.only)
+    else:
+        from engine.bench import speed
+
+        if args.what == "throughput":
+            record = speed.throughput(args.model, args.seq_lens, args.rows, args.reps, args.warmup,
+                                      args.threads)
+        else:
+            record = speed.step_times(args.model, args.seq_len, args.qs, args.effective_batch,
+                                      args.fixed_b, args.fixed_b_max_q, args.reps, args.warmup,
+                                      args.threads, args.profile)
+    path = write_json(record, args.results / f"{args.what}{suffix}.json")
+    from engine.bench.plots import plot_all
+    from engine.bench.report import summary
+
+    print(summary(record))
+    print(f"results: {path}")
+    for plot in plot_all(args.results, args.plots):
+        print(f"plot: {plot}")
+    return 0

@@ -1,0 +1,139 @@
+"""Accuracy against budget: SST-2 prompt classification, every optimiser, one shared held-out set.
+
+Each variant is a full training run through the real Trainer (the code a user runs), so the
+curves include everything a step costs. Seconds are summed step times, evaluation excluded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.bench.common import REPO, environment, finish
+from engine.errors import UserError
+
+SST2 = REPO.parent / "shared" / "data" / "sst2" / "train.tsv"
+LABEL_WORDS = [" terrible", " great"]
+PROMPT = "{text} It was"
+
+
+@dataclass
+class Variant:
+    name: str
+    overrides: list[str]
+    steps_share: float  # of --steps: slower variants get fewer steps to fit the time budget
+
+
+VARIANTS = [
+    Variant("prge q=1 b=16", ["optimizer.name=prge", "optimizer.q=1", "batch_size=16"], 1.0),
+    Variant("prge q=4 b=4", ["optimizer.name=prge", "optimizer.q=4", "batch_size=4"], 1.0),
+    Variant("prge q=16 b=1", ["optimizer.name=prge", "optimizer.q=16", "batch_size=1"], 1.0),
+    # Same directions and batches as prge q=4, so the same curve per step; it is here for seconds.
+    Variant("mezo q=4 b=4", ["optimizer.name=mezo", "optimizer.q=4", "batch_size=4"], 0.5),
+    Variant("fo b=16", ["optimizer.name=fo", "batch_size=16", "optimizer.lr=1e-3"], 0.5),
+]
+
+# Zeroth-order settings of the earlier calibration run (see docs/benchmarks.md); shared by all.
+COMMON = [
+    "task=classification", "max_seq_len=64", "seed=0",
+    "optimizer.eps=1e-2", "optimizer.lr=1e-2", "lora.variant=lora-fa", "lora.rank=8",
+    "lora.alpha=16", "lora.targets=[q_proj, v_proj]", "checkpoint_every=0", "eval_rows=0",
+    "device=cpu", "dtype=float32",
+]
+
+
+def write_split(tsv: Path, folder: Path, eval_rows: int, train_rows: int, seed: int) -> tuple[Path, Path]:
+    """A seeded held-out set and training sample of SST-2, as JSONL files the trainer reads."""
+    if not tsv.exists():
+        raise UserError(f"{tsv}: SST-2 not found; pass --sst2 PATH to a train.tsv "
+                        "(sentence<TAB>label with a header row)")
+    rows = []
+    with tsv.open(encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\n").split("\t")
+        if header[:2] != ["sentence", "label"]:
+            raise UserError(f"{tsv}:1: header is {header}; expected sentence<TAB>label")
+        for number, line in enumerate(handle, start=2):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 2 or parts[1] not in ("0", "1"):
+                raise UserError(f"{tsv}:{number}: expected sentence<TAB>0 or 1, got {line[:80]!r}")
+            rows.append({"text": parts[0].strip(), "label": int(parts[1])})
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    if len(order) < eval_rows + 16:
+        raise UserError(f"{tsv}: {len(order)} rows; need at least {eval_rows + 16}")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / "sst2-train.jsonl", folder / "sst2-eval.jsonl"
+    for path, chosen in zip(paths, (order[eval_rows:eval_rows + train_rows], order[:eval_rows]), strict=True):
+        path.write_text("".join(json.dumps(rows[i]) + "\n" for i in chosen), encoding="utf-8")
+    return paths
+
+
+class _Progress:
+    """One line on stderr per evaluation, so a background run's log shows where it is."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def emit(self, type: str, data: dict) -> None:
+        if type == "eval":
+            print(f"[{time.strftime('%H:%M:%S')}] {self.name}: step {data['step']} "
+                  f"accuracy {data['accuracy']:.3f} loss {data['loss']:.4f}", file=sys.stderr, flush=True)
+
+
+def run_variant(variant: Variant, model: str, train: Path, held_out: Path, steps: int,
+                eval_every: int, threads: int, folder: Path) -> dict:
+    from engine import config as config_io
+    from engine.events import EventBus
+    from engine.trainer import Trainer
+
+    out = folder / variant.name.replace(" ", "_").replace("=", "")
+    overrides = [*COMMON, *variant.overrides, f"model={model}", f"dataset={train}",
+                 f"eval_dataset={held_out}", f"steps={steps}", f"eval_every={eval_every}",
+                 f"threads={threads}", f"output_dir={out}"]
+    # Set directly: the prompt's braces and the words' leading spaces would not survive key=value.
+    values = config_io.apply_overrides({"prompt_template": PROMPT, "label_words": LABEL_WORDS},
+                                       overrides)
+    config = config_io.validate(config_io.from_dict(values))
+    trainer = Trainer(config, EventBus([_Progress(variant.name)]))
+    try:
+        trainer.setup(resume=False)
+        trainer.train()
+    finally:
+        trainer.cleanup()
+    return {"name": variant.name, "config": config_io.to_dict(config),
+            "curve": curve(out / "metrics.jsonl")}
+
+
+def curve(metrics: Path) -> list[dict]:
+    """(step, training seconds so far, accuracy, loss) at each evaluation."""
+    seconds, points = 0.0, []
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record["type"] == "metrics":
+            seconds += record["step_seconds"]
+        elif record["type"] == "eval":
+            points.append({"step": record["step"], "train_seconds": seconds,
+                           "accuracy": record["accuracy"], "loss": record["loss"]})
+    return points
+
+
+def run(model: str, sst2: Path, steps: int, eval_every: int, eval_rows: int, train_rows: int,
+        threads: int, folder: Path, only: list[str] | None = None) -> dict:
+    train, held_out = write_split(sst2, folder / "data", eval_rows, train_rows, seed=0)
+    record = {"benchmark": "accuracy", "model": model, "dataset": str(sst2),
+              "eval_rows": eval_rows, "train_rows": train_rows, "seed": 0,
+              "environment": environment(threads), "runs": []}
+    for variant in VARIANTS:
+        if only and variant.name.split()[0] not in only:
+            continue
+        n = max(1, round(steps * variant.steps_share))
+        every = max(1, round(eval_every * variant.steps_share))
+        record["runs"].append(run_variant(variant, model, train, held_out, n, every, threads, folder))
+    if record["runs"]:
+        # Every adapter starts at B = 0, so each run's step-0 evaluation is the zero-shot model.
+        record["zero_shot_accuracy"] = record["runs"][0]["curve"][0]["accuracy"]
+    return finish(record)

@@ -1,0 +1,102 @@
+"""The PNGs in docs/, drawn from the JSON results (matplotlib: docs only; the app uses pyqtgraph)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.bench.common import read_json
+
+
+def plot_all(results: Path, plots: Path) -> list[Path]:
+    """Redraw every plot whose results exist; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    drawn = []
+    for name, draw in (("throughput", _throughput), ("step", _step), ("accuracy", _accuracy)):
+        for path in sorted(results.glob(f"{name}*.json")):
+            record = read_json(path)
+            if record and record.get("benchmark") == name:
+                target = plots / f"bench-{path.stem}.png"
+                draw(record, target)
+                drawn.append(target)
+    return drawn
+
+
+def _save(fig, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _throughput(record: dict, target: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for curve in record["curves"]:
+        rows = [p["rows"] for p in curve["points"]]
+        ms = [p["timing"]["median_s"] * 1e3 for p in curve["points"]]
+        low = [p["timing"]["min_s"] * 1e3 for p in curve["points"]]
+        high = [p["timing"]["max_s"] * 1e3 for p in curve["points"]]
+        label = f"{curve['seq_len']} tokens/row"
+        spread = [[m - lo for m, lo in zip(ms, low, strict=True)],
+                  [hi - m for m, hi in zip(ms, high, strict=True)]]
+        left.errorbar(rows, ms, yerr=spread, marker="o", label=label)
+        right.plot(rows, [m / r for m, r in zip(ms, rows, strict=True)], marker="o", label=label)
+    left.set(xscale="log", yscale="log", xlabel="rows in the batch", ylabel="forward ms (median, min–max)",
+             title=f"one plain forward, {record['model']}")
+    right.set(xscale="log", xlabel="rows in the batch", ylabel="ms per row",
+              title="cost per row: flat = no batching gain")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    _save(fig, target)
+
+
+def _step(record: dict, target: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    sweeps = record["sweeps"]
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4), squeeze=False)
+    for axis, sweep in zip(axes[0], sweeps, strict=True):
+        qs = [row["q"] for row in sweep["rows"]]
+        for name in ("prge dual", "prge single", "mezo", "fo", "forward 2qb"):
+            axis.plot(qs, [row["timings"][name]["median_s"] * 1e3 for row in sweep["rows"]],
+                      marker="o", label=name, linestyle="--" if name.startswith("forward") else "-")
+        twin = axis.twinx()
+        twin.plot(qs, [row["speedup"] for row in sweep["rows"]], color="black", marker="s",
+                  label="S (prge dual vs mezo)")
+        twin.plot(qs, [row["ideal_speedup"] for row in sweep["rows"]], color="grey", marker="^",
+                  linestyle=":", label="S* (ideal, from forwards)")
+        twin.set_ylabel("speed-up over mezo")
+        axis.set(xscale="log", yscale="log", xlabel="q (directions)", ylabel="step ms (median)",
+                 title=sweep["name"])
+        axis.set_xticks(qs, [str(q) for q in qs])
+        axis.grid(alpha=0.3)
+        axis.legend(loc="upper left", fontsize=8)
+        twin.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"step time, {record['model']}, {record['seq_len']} tokens/row")
+    _save(fig, target)
+
+
+def _accuracy(record: dict, target: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for run in record["runs"]:
+        curve = run["curve"]
+        left.plot([p["step"] for p in curve], [p["accuracy"] for p in curve], marker="o", label=run["name"])
+        right.plot([p["train_seconds"] for p in curve], [p["accuracy"] for p in curve], marker="o",
+                   label=run["name"])
+    zero = record.get("zero_shot_accuracy")
+    for axis, xlabel in ((left, "step"), (right, "training seconds (evaluation excluded)")):
+        if zero is not None:
+            axis.axhline(zero, color="grey", linestyle=":", label="zero-shot")
+        axis.set(xlabel=xlabel, ylabel=f"held-out accuracy ({record['eval_rows']} rows)")
+        axis.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    fig.suptitle(f"SST-2, {record['model']}, seed {record['seed']}")
+    _save(fig, target)

@@ -1,0 +1,63 @@
+"""Results as text tables: what `python -m engine bench` prints and docs/benchmarks.md quotes."""
+
+from __future__ import annotations
+
+
+def summary(record: dict) -> str:
+    env = record["environment"]
+    head = (f"{record['benchmark']}: {record['model']} on {env['cpu']}, {env['torch_threads']} "
+            f"threads, torch {env['torch']}, rev {env['git_revision']}, load average "
+            f"{_load(env['load_average_at_start'])} → {_load(env.get('load_average_at_end'))}")
+    body = {"throughput": _throughput, "step": _step, "accuracy": _accuracy}[record["benchmark"]]
+    return head + "\n" + "\n".join(body(record))
+
+
+def _load(values: list[float] | None) -> str:
+    return "/".join(f"{v:.1f}" for v in values) if values else "?"
+
+
+def _ms(timing: dict) -> str:
+    return f"{timing['median_s'] * 1e3:.1f} ({timing['min_s'] * 1e3:.1f}–{timing['max_s'] * 1e3:.1f})"
+
+
+def _throughput(record: dict) -> list[str]:
+    lines = []
+    for curve in record["curves"]:
+        lines.append(f"\nseq_len {curve['seq_len']}: rows | forward ms median (min–max) | ms per row")
+        for point in curve["points"]:
+            lines.append(f"  {point['rows']:4d} | {_ms(point['timing'])} | "
+                         f"{point['timing']['median_s'] * 1e3 / point['rows']:.2f}")
+        lines.append("  ideal speed-up S* = 2q·t(b)/t(2q·b): "
+                     + ", ".join(f"q={s['q']} b={s['b']}: {s['ideal_speedup']:.2f}"
+                                 for s in curve["ideal_speedups"]))
+    return lines
+
+
+def _step(record: dict) -> list[str]:
+    lines = []
+    for sweep in record["sweeps"]:
+        lines.append(f"\n{sweep['name']} (seq_len {record['seq_len']}), ms median (min–max):")
+        lines.append("  q  b | prge dual | prge single | mezo | fo | forward 2qb | forward b "
+                     "| S | S* | S/S* | L")
+        for row in sweep["rows"]:
+            t = row["timings"]
+            lines.append(
+                f"  {row['q']:2d} {row['b']:2d} | {_ms(t['prge dual'])} | {_ms(t['prge single'])} | "
+                f"{_ms(t['mezo'])} | {_ms(t['fo'])} | {_ms(t['forward 2qb'])} | "
+                f"{_ms(t['forward b'])} | {row['speedup']:.2f} | {row['ideal_speedup']:.2f} | "
+                f"{row['speedup'] / row['ideal_speedup']:.2f} | {row['limit_ratio']:.3f}")
+    for entry in record.get("profiles", []):
+        lines.append(f"\nprofile q={entry['q']} b={entry['b']} ({entry['what']}), self CPU ms:")
+        lines += [f"  {op['self_ms']:8.1f}  {op['calls']:5d}x  {op['name']}" for op in entry["top"]]
+    return lines
+
+
+def _accuracy(record: dict) -> list[str]:
+    lines = [f"\nzero-shot accuracy: {record.get('zero_shot_accuracy', float('nan')):.3f} "
+             f"on {record['eval_rows']} held-out rows, seed {record['seed']}",
+             "run | steps | train seconds | accuracy at each eval"]
+    for run in record["runs"]:
+        last = run["curve"][-1]
+        lines.append(f"  {run['name']} | {last['step']} | {last['train_seconds']:.0f} | "
+                     + " ".join(f"{p['accuracy']:.3f}@{p['step']}" for p in run["curve"]))
+    return lines

@@ -1,0 +1,111 @@
+"""Smoke runs of every benchmark on the tiny model: the output's shape and sanity, not speeds."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from engine.bench import main
+from tests.conftest import DEMO_DATA, REPO
+
+
+def _finite_positive(timing: dict) -> None:
+    assert timing["reps"] >= 1
+    for key in ("median_s", "min_s", "max_s"):
+        assert math.isfinite(timing[key]) and timing[key] > 0
+    assert timing["min_s"] <= timing["median_s"] <= timing["max_s"]
+
+
+def _common(tiny_model, tmp_path) -> list[str]:
+    return ["--model", str(tiny_model), "--threads", "1", "--results", str(tmp_path / "results"),
+            "--plots", str(tmp_path / "plots")]
+
+
+def test_throughput_records_curve_and_ideal_speedup(tiny_model, tmp_path, capsys):
+    assert main(["throughput", *_common(tiny_model, tmp_path), "--seq-lens", "8", "12",
+                 "--rows", "1", "2", "4", "--reps", "2", "--warmup", "1"]) == 0
+    record = json.loads((tmp_path / "results" / "throughput.json").read_text())
+    assert record["environment"]["torch_threads"] == 1
+    assert record["environment"]["git_revision"]
+    assert [c["seq_len"] for c in record["curves"]] == [8, 12]
+    for curve in record["curves"]:
+        assert [p["rows"] for p in curve["points"]] == [1, 2, 4]
+        for point in curve["points"]:
+            _finite_positive(point["timing"])
+        # (q, b) pairs whose 2q·b rows were measured: (1,1), (2,1), (1,2).
+        assert {(s["q"], s["b"]) for s in curve["ideal_speedups"]} == {(1, 1), (2, 1), (1, 2)}
+        assert all(s["ideal_speedup"] > 0 for s in curve["ideal_speedups"])
+    assert (tmp_path / "plots" / "bench-throughput.png").stat().st_size > 1000
+    assert "ideal speed-up" in capsys.readouterr().out
+
+
+def test_step_records_every_optimiser_and_the_ratios(tiny_model, tmp_path):
+    assert main(["step", *_common(tiny_model, tmp_path), "--seq-len", "8", "--qs", "1", "2",
+                 "--effective-batch", "2", "--fixed-b", "1", "--fixed-b-max-q", "2",
+                 "--reps", "1", "--warmup", "1", "--profile", "--tag", "smoke"]) == 0
+    record = json.loads((tmp_path / "results" / "step-smoke.json").read_text())
+    assert [s["name"] for s in record["sweeps"]] == ["q·b = 2", "b = 1"]
+    assert [(r["q"], r["b"]) for r in record["sweeps"][0]["rows"]] == [(1, 2), (2, 1)]
+    for sweep in record["sweeps"]:
+        for row in sweep["rows"]:
+            assert set(row["timings"]) == {"prge dual", "prge single", "mezo", "fo",
+                                           "forward 2qb", "forward b"}
+            for timing in row["timings"].values():
+                _finite_positive(timing)
+            t = {k: v["median_s"] for k, v in row["timings"].items()}
+            assert row["speedup"] == pytest.approx(t["mezo"] / t["prge dual"])
+            assert row["limit_ratio"] == pytest.approx(t["prge dual"] / t["forward 2qb"])
+    assert {p["what"] for p in record["profiles"]} == {"prge dual", "forward 2qb"}
+    assert all(p["top"] and p["top"][0]["self_ms"] > 0 for p in record["profiles"])
+    assert (tmp_path / "plots" / "bench-step-smoke.png").exists()
+
+
+@pytest.fixture
+def sst2_like(tmp_path):
+    """The demo reviews in SST-2's file format (sentence<TAB>label, header)."""
+    rows = [json.loads(line) for line in DEMO_DATA.read_text().splitlines()[:80]]
+    path = tmp_path / "train.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(
+        f"{r['text']}\t{int(r['label'] == 'positive')}\n" for r in rows))
+    return path
+
+
+def test_accuracy_runs_every_optimiser_on_one_held_out_set(tiny_model, tmp_path, sst2_like):
+    assert main(["accuracy", *_common(tiny_model, tmp_path), "--sst2", str(sst2_like),
+                 "--steps", "2", "--eval-every", "1", "--eval-rows", "8", "--train-rows", "40",
+                 "--work", str(tmp_path / "runs")]) == 0
+    record = json.loads((tmp_path / "results" / "accuracy.json").read_text())
+    names = [r["name"] for r in record["runs"]]
+    assert names == ["prge q=1 b=16", "prge q=4 b=4", "prge q=16 b=1", "mezo q=4 b=4", "fo b=16"]
+    assert 0 <= record["zero_shot_accuracy"] <= 1
+    for run in record["runs"]:
+        assert run["config"]["eval_dataset"].endswith("sst2-eval.jsonl")
+        curve = run["curve"]
+        assert curve[0]["step"] == 0 and curve[0]["train_seconds"] == 0
+        # Every run starts from B = 0: the same zero-shot model on the same rows.
+        assert curve[0]["accuracy"] == record["zero_shot_accuracy"]
+        assert curve[-1]["train_seconds"] > 0
+        assert all(0 <= p["accuracy"] <= 1 and math.isfinite(p["loss"]) for p in curve)
+    held_out = (tmp_path / "runs" / "data" / "sst2-eval.jsonl").read_text().splitlines()
+    assert len(held_out) == 8
+    assert (tmp_path / "plots" / "bench-accuracy.png").exists()
+
+
+def test_bad_sst2_file_names_the_line(tiny_model, tmp_path):
+    bad = tmp_path / "train.tsv"
+    bad.write_text("sentence\tlabel\nfine movie\t1\nbroken row without label\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "bench", "accuracy", "--model", str(tiny_model),
+         "--sst2", str(bad), "--results", str(tmp_path), "--work", str(tmp_path / "runs")],
+        capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert f"{bad}:3:" in result.stderr and "Traceback" not in result.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "engine", "bench", "accuracy", "--sst2", str(tmp_path / "none.tsv"),
+         "--results", str(tmp_path), "--work", str(tmp_path / "runs")],
+        capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert missing.returncode == 2 and "SST-2 not found" in missing.stderr
