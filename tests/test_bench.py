@@ -109,3 +109,18 @@ def test_bad_sst2_file_names_the_line(tiny_model, tmp_path):
          "--results", str(tmp_path), "--work", str(tmp_path / "runs")],
         capture_output=True, text=True, cwd=REPO, timeout=120)
     assert missing.returncode == 2 and "SST-2 not found" in missing.stderr
+
+
+def test_memory_measures_each_variant_in_its_own_process(tiny_model, tmp_path):
+    assert main(["memory", *_common(tiny_model, tmp_path), "--q", "2", "--b", "1", "--seq-len", "8",
+                 "--steps", "1", "--variants", "inference", "prge dual"]) == 0
+    record = json.loads((tmp_path / "results" / "memory.json").read_text())
+    assert [v["variant"] for v in record["variants"]] == ["inference", "prge dual"]
+    pids = set()
+    for v in record["variants"]:
+        assert v["peak_rss_bytes"] >= v["rss_after_load_bytes"] > 0
+        pids.add(v["pid"])
+    assert len(pids) == 2
+    assert record["prge_dual_over_inference"] > 0
+    assert record["fo_over_prge_dual"] is None  # fo was not measured
+    assert (tmp_path / "plots" / "bench-memory.png").exists()

@@ -2,6 +2,7 @@
 
     throughput  time of one plain forward at 1…64 rows, and the ideal P-RGE speed-up S*
     step        step time of prge dual/single, mezo and fo against plain forwards (S, S*, L)
+    memory      peak RSS of each optimiser and of inference, each in a fresh process
     accuracy    SST-2 held-out accuracy against steps and seconds for every optimiser
     plot        redraw the PNGs in docs/ from the JSON results
 
@@ -53,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="also profile one prge dual step and one plain forward per q (top ops)")
 
+    p = sub.add_parser("memory", help="peak RSS per optimiser against an inference-only process")
+    common(p)
+    p.add_argument("--q", type=int, default=4)
+    p.add_argument("--b", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--steps", type=int, default=3, help="steps (forwards for inference) per process")
+    from engine.bench.memory import VARIANTS
+
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
+
     p = sub.add_parser("accuracy", help="SST-2 accuracy against steps and seconds")
     common(p)
     from engine.bench.accuracy import SST2
@@ -91,6 +102,11 @@ def main(argv: list[str]) -> int:
         work = args.work or Path("runs") / f"bench-accuracy-{time.strftime('%Y%m%d-%H%M%S')}"
         record = accuracy.run(args.model, args.sst2, args.steps, args.eval_every, args.eval_rows,
                               args.train_rows, args.threads, work, args.only)
+    elif args.what == "memory":
+        from engine.bench import memory
+
+        record = memory.run(args.model, args.q, args.b, args.seq_len, args.steps, args.threads,
+                            args.variants)
     else:
         from engine.bench import speed
 

@@ -13,7 +13,8 @@ def plot_all(results: Path, plots: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     drawn = []
-    for name, draw in (("throughput", _throughput), ("step", _step), ("accuracy", _accuracy)):
+    for name, draw in (("throughput", _throughput), ("step", _step), ("accuracy", _accuracy),
+                       ("memory", _memory)):
         for path in sorted(results.glob(f"{name}*.json")):
             record = read_json(path)
             if record and record.get("benchmark") == name:
@@ -99,4 +100,18 @@ def _accuracy(record: dict, target: Path) -> None:
         axis.grid(alpha=0.3)
     left.legend(fontsize=8)
     fig.suptitle(f"SST-2, {record['model']}, seed {record['seed']}")
+    _save(fig, target)
+
+
+def _memory(record: dict, target: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(6, 4))
+    names = [v["variant"] for v in record["variants"]]
+    axis.bar(names, [v["peak_rss_bytes"] / 2**20 for v in record["variants"]], label="peak RSS")
+    axis.bar(names, [v["rss_after_load_bytes"] / 2**20 for v in record["variants"]], color="grey",
+             alpha=0.6, label="RSS after model load")
+    axis.set(ylabel="MiB", title=f"peak memory, {record['model']}, q={record['q']} b={record['b']}, "
+             f"{record['seq_len']} tokens/row")
+    axis.legend()
     _save(fig, target)

@@ -8,7 +8,8 @@ def summary(record: dict) -> str:
     head = (f"{record['benchmark']}: {record['model']} on {env['cpu']}, {env['torch_threads']} "
             f"threads, torch {env['torch']}, rev {env['git_revision']}, load average "
             f"{_load(env['load_average_at_start'])} → {_load(env.get('load_average_at_end'))}")
-    body = {"throughput": _throughput, "step": _step, "accuracy": _accuracy}[record["benchmark"]]
+    body = {"throughput": _throughput, "step": _step, "accuracy": _accuracy,
+            "memory": _memory}[record["benchmark"]]
     return head + "\n" + "\n".join(body(record))
 
 
@@ -60,4 +61,18 @@ def _accuracy(record: dict) -> list[str]:
         last = run["curve"][-1]
         lines.append(f"  {run['name']} | {last['step']} | {last['train_seconds']:.0f} | "
                      + " ".join(f"{p['accuracy']:.3f}@{p['step']}" for p in run["curve"]))
+    return lines
+
+
+def _memory(record: dict) -> list[str]:
+    lines = [f"\nq={record['q']} b={record['b']} seq_len {record['seq_len']}, {record['steps']} steps "
+             "per fresh process: variant | RSS after load MiB | peak RSS MiB"]
+    for v in record["variants"]:
+        lines.append(f"  {v['variant']} | {v['rss_after_load_bytes'] / 2**20:.0f} | "
+                     f"{v['peak_rss_bytes'] / 2**20:.0f}")
+    for key, label in (("prge_dual_over_inference", "prge dual / inference"),
+                       ("fo_over_prge_dual", "fo / prge dual")):
+        if record[key] is not None:
+            lines.append(f"  {label}: {record[key]:.3f}")
+    lines.append(f"  estimate: {record['estimate'] or 'pending (engine/estimate.py not present)'}")
     return lines

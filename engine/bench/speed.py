@@ -105,8 +105,10 @@ def _stepper(model, objective: Objective, batch: Batch, config: OptimizerConfig)
     return run
 
 
-def variants_for(model, objective: Objective, vocab: int, q: int, b: int, seq_len: int) -> dict:
-    """Every optimiser's step and the two plain forwards S* and L are taken against, at (q, b)."""
+def variants_for(model, objective: Objective, vocab: int, q: int, b: int, seq_len: int,
+                 only: str | None = None) -> dict:
+    """Every optimiser's step and the two plain forwards S* and L are taken against, at (q, b);
+    with `only`, just that optimiser's step (and the forwards)."""
     batch = synthetic_batch(b, seq_len, vocab)
     configs = {
         "prge dual": OptimizerConfig(name="prge", q=q, mode="dual"),
@@ -114,7 +116,8 @@ def variants_for(model, objective: Objective, vocab: int, q: int, b: int, seq_le
         "mezo": OptimizerConfig(name="mezo", q=q),
         "fo": OptimizerConfig(name="fo", q=q, lr=1e-3),
     }
-    runs = {name: _stepper(model, objective, batch, config) for name, config in configs.items()}
+    runs = {name: _stepper(model, objective, batch, config) for name, config in configs.items()
+            if only in (None, name)}
     runs["forward 2qb"] = _forward(model, objective, synthetic_batch(2 * q * b, seq_len, vocab))
     runs["forward b"] = _forward(model, objective, batch)
     return runs
