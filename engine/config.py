@@ -64,6 +64,11 @@ class TrainConfig:
     dataset: str = ""
     # Held-out data; empty means a seeded split of `dataset` (eval_fraction of it).
     eval_dataset: str = ""
+    # Column layout: auto (detected) | classification | prompt_completion | alpaca | messages |
+    # conversations | text. Force it only when detection guesses wrong.
+    schema: str = "auto"
+    # Train without malformed rows instead of stopping (they are counted and reported).
+    skip_bad_rows: bool = False
     # Share of `dataset` held out when eval_dataset is empty.
     eval_fraction: float = 0.1
     # Rows scored at each evaluation (0 = all). Fewer rows: faster evals, noisier curves.
@@ -111,6 +116,8 @@ class TrainConfig:
 
 _CHOICES = {
     "task": ("auto", "classification", "sft"),
+    "schema": ("auto", "classification", "prompt_completion", "alpaca", "messages",
+               "conversations", "text"),
     "device": ("auto", "cpu", "cuda", "mps"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "optimizer.name": ("prge", "mezo", "fo"),

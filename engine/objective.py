@@ -51,6 +51,8 @@ class Objective:
         self.task = task
         self.max_seq_len = max_seq_len
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.start_id = next((t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id) if t is not None),
+                             self.pad_id)
         self.label_ids: torch.Tensor | None = None
         if task == "classification":
             self.label_ids = torch.tensor([self._label_token(word) for word in label_words])
@@ -73,7 +75,8 @@ class Objective:
     def encode(self, examples: list[Example]) -> Batch:
         rows, completions = [], []
         for example in examples:
-            prompt = self.tokenizer.encode(example.prompt, add_special_tokens=True)
+            # Every scored token needs a token before it: an empty prompt becomes BOS (or EOS).
+            prompt = self.tokenizer.encode(example.prompt, add_special_tokens=True) or [self.start_id]
             if self.task == "classification":
                 rows.append(prompt[-self.max_seq_len :])
                 completions.append(0)

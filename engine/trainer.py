@@ -24,7 +24,7 @@ from engine import config as config_io
 from engine import device as devices
 from engine import model as models
 from engine.config import TrainConfig
-from engine.data import Dataset, load_dataset, split
+from engine.data import Dataset, find_eval_file, load_dataset, split
 from engine.errors import UserError
 from engine.events import EventBus, MetricsFileSink, truncate_history
 from engine.objective import Objective
@@ -85,6 +85,8 @@ class Trainer:
         self.bus.emit("status", state="loading", message=f"loading model {cfg.model}")
         loaded = models.load(cfg.model, self.device, self.dtype, cfg.trust_remote_code)
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.train_data = self.train_data.render(self.tokenizer)
+        self.eval_data = self.eval_data.render(self.tokenizer)
         context = models.context_length(self.model)
         if context and cfg.max_seq_len > context:
             raise UserError(
@@ -130,11 +132,16 @@ class Trainer:
 
     def _load_data(self) -> tuple[Dataset, Dataset]:
         cfg = self.config
-        data = load_dataset(cfg.dataset, task=cfg.task, label_words=cfg.label_words,
-                            prompt_template=cfg.prompt_template)
-        if cfg.eval_dataset:
-            held_out = load_dataset(cfg.eval_dataset, task=data.task, label_words=data.label_words,
-                                    prompt_template=cfg.prompt_template)
+        options = dict(prompt_template=cfg.prompt_template, schema=cfg.schema,
+                       skip_bad_rows=cfg.skip_bad_rows)
+        data = load_dataset(cfg.dataset, task=cfg.task, label_words=cfg.label_words, **options)
+        if data.skipped_rows:
+            self.bus.log(f"skipped {data.skipped_rows} malformed rows of {data.path} "
+                         "(skip_bad_rows is on)", "warning")
+        eval_file = cfg.eval_dataset or find_eval_file(cfg.dataset)
+        if eval_file:
+            held_out = load_dataset(eval_file, task=data.task, label_words=data.label_words,
+                                    **options)
             train = data
         else:
             train, held_out = split(data, cfg.eval_fraction, cfg.seed)
