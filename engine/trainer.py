@@ -26,6 +26,7 @@ from engine import model as models
 from engine.config import TrainConfig
 from engine.data import Dataset, find_eval_file, load_dataset, split
 from engine.errors import UserError
+from engine.estimate import Shape, estimate, suggest
 from engine.events import EventBus, MetricsFileSink, truncate_history
 from engine.objective import Objective
 from engine.optim import build as build_optimizer
@@ -87,6 +88,7 @@ class Trainer:
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.train_data = self.train_data.render(self.tokenizer)
         self.eval_data = self.eval_data.render(self.tokenizer)
+        self._preflight_memory()
         context = models.context_length(self.model)
         if context and cfg.max_seq_len > context:
             raise UserError(
@@ -105,6 +107,23 @@ class Trainer:
         self.metrics_sink = MetricsFileSink(self.output_dir / "metrics.jsonl")
         self.bus.add(self.metrics_sink)
         self.budget_bytes = int(cfg.memory_budget_gb * 2**30) or None
+
+    def _preflight_memory(self) -> None:
+        """Show the estimate; refuse a run whose estimate exceeds the budget, naming what fits."""
+        cfg = self.config
+        shape = Shape.from_config(self.model.config.to_dict())
+        dtype = str(self.dtype).removeprefix("torch.")
+        predicted = estimate(shape, cfg, dtype)
+        self.bus.log(predicted.describe())
+        budget = int(cfg.memory_budget_gb * 2**30)
+        if budget and predicted.total_bytes > budget:
+            options = suggest(shape, cfg, budget, dtype)
+            hint = f"settings that fit: {', '.join(options)}" if options else \
+                "no smaller q, batch or sequence length fits: pick a smaller model or raise the budget"
+            raise UserError(
+                f"this run needs about {predicted.total_bytes / 2**30:.2f} GiB but "
+                f'memory_budget_gb is {cfg.memory_budget_gb}; {hint}'
+            )
 
     def _prepare_output_dir(self, resume: bool) -> None:
         out = self.output_dir
