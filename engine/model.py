@@ -154,7 +154,18 @@ def load(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(_contiguous_input)
     return LoadedModel(model=model, tokenizer=tokenizer, folder=folder, reference=reference)
+
+
+def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
+    # `logits_to_keep` hands the output projection a strided view of the last columns. With
+    # frozen weights torch's matmul then broadcasts the weight over the rows and runs a bmm that
+    # reads the whole vocabulary matrix once per row (786 ms instead of 136 ms for 32 rows of
+    # SmolLM2-135M on one CPU thread); a contiguous input keeps it one GEMM.
+    return (args[0].contiguous(), *args[1:])
 
 
 def context_length(model: torch.nn.Module) -> int | None:
