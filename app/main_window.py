@@ -1,0 +1,520 @@
+"""The EdgeTune main window: pick a model and a dataset, set up training, watch it, export it.
+
+Left: inputs and run control. Right: tabs (Curves, Runs, Log, Export, Playground). The engine is
+a separate process (app.engine_client); this module never imports torch, so the window opens fast
+and survives whatever the engine does.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from PySide6.QtCore import QObject, QProcess, QSettings, Qt, Signal
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QDialog,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.curves import CurvesWidget
+from app.dataset_preview import DatasetPreview, DropZone, dropped_path
+from app.engine_client import REPO_ROOT, EngineClient
+from app.runs import list_runs, series_of
+from app.settings_form import SettingsForm
+from app.widgets.playground import PlaygroundWidget
+from engine import config as config_io
+from engine.errors import UserError
+
+SETTINGS_SCHEMA = 1
+RECENT_MODELS = 8
+DEFAULT_RUNS_ROOT = REPO_ROOT / "runs"
+
+
+class RunState(QObject):
+    """What the window knows about the current run; widgets follow its signals."""
+
+    sig_state_changed = Signal(str)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = "idle"  # idle | running | stopping
+        self.output_dir: Path | None = None
+        self.config_path: Path | None = None
+        self.last_status = ""
+        self.started_at = 0.0
+
+    def set(self, state: str) -> None:
+        self.state = state
+        self.sig_state_changed.emit(state)
+
+
+class ModelEdit(QLineEdit):
+    """The model line edit; a dropped folder or .gguf file fills it."""
+
+    def __init__(self) -> None:
+        super().__init__(placeholderText="folder, .gguf file, hub id, or 'default'")
+        self.setAcceptDrops(True)
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        path = dropped_path(event)
+        if path is not None and (path.is_dir() or path.suffix.lower() == ".gguf"):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        path = dropped_path(event)
+        if path is not None and (path.is_dir() or path.suffix.lower() == ".gguf"):
+            event.acceptProposedAction()
+            self.setText(str(path))
+
+
+class MainWindow(QMainWindow):
+    sig_run_finished = Signal(str)
+    """The engine run ended: "completed" | "stopped" | "failed" | "crashed" | "hung"."""
+
+    def __init__(self, settings: QSettings | None = None, runs_root: Path | None = None,
+                 engine_command: list[str] | None = None, watchdog_seconds: float = 600.0) -> None:
+        super().__init__()
+        self.setWindowTitle("EdgeTune")
+        self.resize(1280, 800)
+        self.settings = settings or QSettings("EdgeTune", "EdgeTune")
+        self._check_settings_schema()
+        self.runs_root = Path(runs_root or self.settings.value("runs_root", str(DEFAULT_RUNS_ROOT)))
+        self.run = RunState()
+        self.engine = EngineClient(self, command=engine_command, watchdog_seconds=watchdog_seconds)
+        self.engine.sig_event_received.connect(self._on_event)
+        self.engine.sig_log_received.connect(self._on_engine_log)
+        self.engine.sig_finished.connect(self._on_finished)
+        self.run.sig_state_changed.connect(self._update_buttons)
+        self._export_process: QProcess | None = None
+
+        self.curves = CurvesWidget()
+        self.log = QPlainTextEdit(readOnly=True)
+        self.log.setMaximumBlockCount(5000)
+        self.playground = PlaygroundWidget()
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.curves, "Curves")
+        self.tabs.addTab(self._build_runs_tab(), "Runs")
+        self.tabs.addTab(self.log, "Log")
+        self.tabs.addTab(self._build_export_tab(), "Export")
+        self.tabs.addTab(self.playground, "Playground")
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(self._build_left_panel())
+        splitter.addWidget(self.tabs)
+        splitter.setSizes([430, 850])
+        self.setCentralWidget(splitter)
+        QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.start)
+        QShortcut(QKeySequence("Ctrl+."), self, activated=self.stop)
+        self._restore_settings()
+        self.refresh_runs()
+        self._update_buttons("idle")
+
+    # ---- building ---------------------------------------------------------------------
+    def _build_left_panel(self) -> QWidget:
+        self.model_edit = ModelEdit()
+        self.model_edit.setCompleter(None)
+        model_browse = QPushButton("Browse…")
+        model_browse.clicked.connect(self._browse_model)
+        self.dataset_edit = QLineEdit(placeholderText="dataset file or folder")
+        self.dataset_edit.editingFinished.connect(
+            lambda: self.set_dataset(self.dataset_edit.text()) if self.dataset_edit.text() else None)
+        dataset_browse = QPushButton("Browse…")
+        dataset_browse.clicked.connect(self._browse_dataset)
+        self.drop_zone = DropZone("Drop a dataset here (.jsonl .json .csv .tsv .parquet .txt)")
+        self.drop_zone.sig_path_dropped.connect(self.set_dataset)
+        self.preview = DatasetPreview()
+        self.form = SettingsForm()
+
+        inputs = QGroupBox("Model and data")
+        grid = QVBoxLayout(inputs)
+        for label, edit, button in (("Model", self.model_edit, model_browse),
+                                    ("Dataset", self.dataset_edit, dataset_browse)):
+            row = QHBoxLayout()
+            row.addWidget(QLabel(label))
+            row.addWidget(edit, 1)
+            row.addWidget(button)
+            grid.addLayout(row)
+        grid.addWidget(self.drop_zone)
+        grid.addWidget(self.preview)
+
+        settings_box = QGroupBox("Training settings")
+        settings_layout = QVBoxLayout(settings_box)
+        settings_layout.addWidget(self.form)
+        buttons = QHBoxLayout()
+        for text, slot in (("Show as YAML", self.show_yaml), ("Load…", self._load_config_dialog),
+                           ("Save…", self._save_config_dialog)):
+            button = QPushButton(text)
+            button.clicked.connect(slot)
+            buttons.addWidget(button)
+        settings_layout.addLayout(buttons)
+
+        scroll_content = QWidget()
+        scroll_layout = QVBoxLayout(scroll_content)
+        scroll_layout.addWidget(inputs)
+        scroll_layout.addWidget(settings_box)
+        scroll = QScrollArea(widgetResizable=True)
+        scroll.setWidget(scroll_content)
+
+        self.start_button = QPushButton("Start")
+        self.start_button.setToolTip("Ctrl+Return")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Ctrl+.")
+        self.resume_button = QPushButton("Resume")
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button.clicked.connect(self.resume)
+        self.progress = QProgressBar(format="step %v / %m")
+        self.progress_text = QLabel("")
+        self.status_line = QLabel("Ready", wordWrap=True)
+        control = QHBoxLayout()
+        for button in (self.start_button, self.stop_button, self.resume_button):
+            control.addWidget(button)
+
+        panel = QWidget()
+        layout = QVBoxLayout(panel)
+        layout.addWidget(scroll, 1)
+        layout.addLayout(control)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.progress_text)
+        layout.addWidget(self.status_line)
+        return panel
+
+    def _build_runs_tab(self) -> QWidget:
+        self.runs_list = QListWidget()
+        self.runs_list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
+        self.runs_list.itemDoubleClicked.connect(lambda item: self.open_runs([item]))
+        refresh = QPushButton("Refresh")
+        refresh.clicked.connect(self.refresh_runs)
+        compare = QPushButton("Overlay selected")
+        compare.clicked.connect(lambda: self.open_runs(self.runs_list.selectedItems()))
+        self.runs_root_label = QLabel()
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.runs_root_label, 1)
+        buttons.addWidget(refresh)
+        buttons.addWidget(compare)
+        tab = QWidget()
+        layout = QVBoxLayout(tab)
+        layout.addLayout(buttons)
+        layout.addWidget(self.runs_list, 1)
+        return tab
+
+    def _build_export_tab(self) -> QWidget:
+        self.export_run = QLineEdit(placeholderText="run folder")
+        self.adapter_label = QLabel("PEFT adapter: (no finished run yet)", wordWrap=True)
+        self.adapter_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.export_output = QPlainTextEdit(readOnly=True)
+        self.export_buttons = []
+        buttons = QHBoxLayout()
+        for fmt, text in (("gguf", "Export GGUF (llama.cpp / Ollama)"),
+                          ("executorch", "Export ExecuTorch (.pte)")):
+            button = QPushButton(text)
+            button.clicked.connect(lambda _=False, f=fmt: self.export(f))
+            buttons.addWidget(button)
+            self.export_buttons.append(button)
+        tab = QWidget()
+        layout = QVBoxLayout(tab)
+        layout.addWidget(self.export_run)
+        layout.addWidget(self.adapter_label)
+        layout.addLayout(buttons)
+        layout.addWidget(self.export_output, 1)
+        return tab
+
+    # ---- inputs -----------------------------------------------------------------------
+    def _browse_model(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Model folder")
+        if not folder:
+            folder, _ = QFileDialog.getOpenFileName(self, "GGUF model", "", "GGUF (*.gguf)")
+        if folder:
+            self.model_edit.setText(folder)
+
+    def _browse_dataset(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Dataset", "", "Data (*.jsonl *.json *.csv *.tsv *.parquet *.txt);;All (*)")
+        if path:
+            self.set_dataset(path)
+
+    def set_dataset(self, path: str) -> None:
+        self.dataset_edit.setText(path)
+        self.preview.show_file(Path(path))
+
+    def current_config(self) -> config_io.TrainConfig:
+        """The exact config the engine will get; raises UserError naming a bad field."""
+        try:
+            config = self.form.config()
+        except ValueError as exc:
+            raise UserError(f"settings: {exc}") from None
+        config.model = self.model_edit.text().strip()
+        config.dataset = self.dataset_edit.text().strip()
+        return config_io.validate(config)
+
+    def show_yaml(self) -> QDialog:
+        try:
+            text = yaml.safe_dump(config_io.to_dict(self.current_config()), sort_keys=False)
+        except UserError as exc:
+            text = f"# the settings are not valid yet:\n# {exc}\n"
+        dialog = QDialog(self)
+        dialog.setWindowTitle("Config as YAML")
+        dialog.resize(560, 640)
+        view = QPlainTextEdit(text, readOnly=True)
+        QVBoxLayout(dialog).addWidget(view)
+        dialog.yaml_text = text
+        dialog.show()
+        return dialog
+
+    def load_config(self, path: str | Path) -> None:
+        config = config_io.load(path)
+        self.form.set_config(config)
+        self.form.preset.setCurrentText("Custom")
+        if config.model:
+            self.model_edit.setText(config.model)
+        if config.dataset:
+            self.set_dataset(config.dataset)
+
+    def _load_config_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load config", "", "YAML (*.yaml *.yml)")
+        if path:
+            try:
+                self.load_config(path)
+            except UserError as exc:
+                QMessageBox.warning(self, "Config not loaded", str(exc))
+
+    def _save_config_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save config", "", "YAML (*.yaml)")
+        if path:
+            try:
+                config_io.save(self.current_config(), path)
+            except UserError as exc:
+                QMessageBox.warning(self, "Config not saved", str(exc))
+
+    # ---- run control ------------------------------------------------------------------
+    def start(self) -> None:
+        if self.run.state != "idle":
+            return
+        try:
+            config = self.current_config()
+        except UserError as exc:
+            self.status_line.setText(f"<span style='color:#b00'>{exc}</span>")
+            return
+        name = time.strftime("run-%Y%m%d-%H%M%S")
+        output_dir = self.runs_root / name
+        suffix = 1
+        while output_dir.exists():
+            suffix += 1
+            output_dir = self.runs_root / f"{name}-{suffix}"
+        config.output_dir = str(output_dir)
+        self.runs_root.mkdir(parents=True, exist_ok=True)
+        config_path = self.runs_root / f"{output_dir.name}.yaml"
+        config_io.save(config, config_path)
+        self._remember_model(config.model)
+        self.settings.setValue("last_dataset", config.dataset)
+        self._launch(config_path, output_dir, resume=False, total=config.steps)
+
+    def resume(self) -> None:
+        if self.run.state != "idle" or self.run.config_path is None:
+            return
+        try:
+            steps = config_io.load(self.run.config_path).steps
+        except UserError as exc:
+            self.status_line.setText(str(exc))
+            return
+        self._launch(self.run.config_path, self.run.output_dir, resume=True, total=steps)
+
+    def _launch(self, config_path: Path, output_dir: Path | None, resume: bool, total: int) -> None:
+        self.run.config_path, self.run.output_dir = config_path, output_dir
+        self.run.started_at = time.monotonic()
+        if resume and output_dir is not None:
+            self.curves.show_runs([series_of(output_dir)])
+            self.curves.runs[0].label = "live"
+        else:
+            self.curves.clear()
+        self.progress.setMaximum(total)
+        self.progress.setValue(0)
+        self.progress_text.setText("")
+        self.status_line.setText("Resuming…" if resume else "Starting the engine…")
+        self._append_log("info", f"{'resume' if resume else 'start'}: {config_path}")
+        self.run.set("running")
+        self.engine.start(config_path, resume=resume)
+        self.tabs.setCurrentWidget(self.curves)
+
+    def stop(self) -> None:
+        if self.run.state == "running":
+            self.run.set("stopping")
+            self.status_line.setText("Stopping after this step (a checkpoint is written)…")
+            self.engine.stop()
+
+    def _update_buttons(self, state: str) -> None:
+        idle = state == "idle"
+        self.start_button.setEnabled(idle)
+        self.stop_button.setEnabled(state == "running")
+        resumable = (self.run.last_status in ("stopped", "crashed", "hung", "failed")
+                     and self.run.output_dir is not None
+                     and (self.run.output_dir / "checkpoints").is_dir())
+        self.resume_button.setEnabled(idle and resumable)
+
+    # ---- engine events ----------------------------------------------------------------
+    def _on_event(self, event) -> None:
+        data = event.data
+        if event.type in ("metrics", "eval", "memory"):
+            self.curves.add_event(event.type, data)
+        if event.type == "progress":
+            self._show_progress(data)
+        elif event.type == "metrics":
+            self._tokens_per_second = data.get("tokens_per_second")
+        elif event.type == "status":
+            self.status_line.setText(str(data.get("message") or data.get("state")))
+        elif event.type == "log":
+            self._append_log(str(data.get("level", "info")), str(data.get("message", "")))
+        elif event.type == "eval":
+            accuracy = data.get("accuracy")
+            text = f"eval @ step {data.get('step')}: loss {data.get('loss', float('nan')):.4f}"
+            self._append_log("info", text + (f", accuracy {accuracy:.1%}" if accuracy is not None else ""))
+        elif event.type == "artifact" and data.get("kind") == "adapter":
+            self.adapter_label.setText(f"PEFT adapter: {data.get('path')}")
+        elif event.type == "error":
+            self._append_log("error", str(data.get("message")))
+            self.status_line.setText(f"<span style='color:#b00'>{data.get('message')}</span>")
+        elif event.type == "checkpoint":
+            self._append_log("info", f"checkpoint @ step {data.get('step')}: {data.get('path')}")
+
+    def _show_progress(self, data: dict) -> None:
+        step, total = int(data.get("step", 0)), int(data.get("total_steps", 0) or 1)
+        self.progress.setMaximum(total)
+        self.progress.setValue(step)
+        eta = data.get("eta_seconds")
+        parts = [f"step {step}/{total}"]
+        if eta is not None:
+            parts.append(f"ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+        tps = getattr(self, "_tokens_per_second", None)
+        if tps:
+            parts.append(f"{tps:.0f} tokens/s")
+        self.progress_text.setText("   ".join(parts))
+
+    def _on_engine_log(self, level: str, message: str) -> None:
+        self._append_log(level, message)
+
+    def _append_log(self, level: str, message: str) -> None:
+        self.log.appendPlainText(f"[{level}] {message}")
+
+    def _on_finished(self, status: str, exit_code: int) -> None:
+        self.run.last_status = status
+        messages = {
+            "completed": "Finished: the adapter is saved.",
+            "stopped": "Stopped with a checkpoint; Resume continues from it.",
+            "failed": "The run failed; see the Log tab.",
+            "crashed": "The engine crashed (exit code {code}); see the Log tab. Resume continues "
+                       "from the last checkpoint if there is one.",
+            "hung": "The engine stopped answering and was ended; see the Log tab.",
+        }
+        text = messages.get(status, status).format(code=exit_code)
+        if status in ("crashed", "hung", "failed"):
+            tail = "\n".join(list(self.engine.stderr_tail)[-5:])
+            self.status_line.setText(f"<span style='color:#b00'>{text}</span>")
+            if tail:
+                self.status_line.setToolTip(tail)
+        else:
+            self.status_line.setText(text)
+        if status == "completed" and self.run.output_dir is not None:
+            self.export_run.setText(str(self.run.output_dir))
+            self.adapter_label.setText(f"PEFT adapter: {self.run.output_dir / 'adapter'}")
+            self.playground.set_run(self.run.output_dir)
+        self.curves.redraw()
+        self.run.set("idle")
+        self.refresh_runs()
+        self.sig_run_finished.emit(status)
+
+    # ---- runs history -----------------------------------------------------------------
+    def refresh_runs(self) -> None:
+        self.runs_root_label.setText(f"Runs in {self.runs_root}")
+        self.runs_list.clear()
+        for info in list_runs(self.runs_root):
+            best = f"{info.best_accuracy:.1%}" if info.best_accuracy is not None else "–"
+            item = QListWidgetItem(f"{info.path.name}  [{info.status}]  {info.model} · "
+                                   f"{info.dataset} · best acc {best} · step {info.last_step} · "
+                                   f"{info.date}")
+            item.setData(Qt.ItemDataRole.UserRole, str(info.path))
+            self.runs_list.addItem(item)
+
+    def open_runs(self, items: list[QListWidgetItem]) -> None:
+        if not items or self.run.state != "idle":
+            return
+        folders = [Path(item.data(Qt.ItemDataRole.UserRole)) for item in items]
+        self.curves.show_runs([series_of(folder) for folder in folders])
+        self.export_run.setText(str(folders[0]))
+        self.adapter_label.setText(f"PEFT adapter: {folders[0] / 'adapter'}")
+        self.playground.set_run(folders[0])
+        self.tabs.setCurrentWidget(self.curves)
+
+    # ---- export -----------------------------------------------------------------------
+    def export(self, fmt: str) -> None:
+        run_dir = self.export_run.text().strip()
+        if not run_dir or (self._export_process and
+                           self._export_process.state() != QProcess.ProcessState.NotRunning):
+            return
+        process = QProcess(self)
+        process.setWorkingDirectory(str(REPO_ROOT))
+        process.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
+        process.readyReadStandardOutput.connect(
+            lambda: self.export_output.appendPlainText(
+                bytes(process.readAllStandardOutput()).decode("utf-8", errors="replace").rstrip()))
+        process.finished.connect(
+            lambda code, _s: self.export_output.appendPlainText(f"— export {fmt} exited with {code}"))
+        self._export_process = process
+        self.export_output.appendPlainText(f"$ python -m engine export {run_dir} --format {fmt}")
+        process.start(sys.executable, ["-m", "engine", "export", run_dir, "--format", fmt])
+
+    # ---- settings ---------------------------------------------------------------------
+    def _check_settings_schema(self) -> None:
+        if int(self.settings.value("schema_version", 0) or 0) != SETTINGS_SCHEMA:
+            self.settings.clear()  # settings of another layout would be misread
+            self.settings.setValue("schema_version", SETTINGS_SCHEMA)
+
+    def _restore_settings(self) -> None:
+        recent = self.recent_models()
+        if recent:
+            self.model_edit.setText(recent[0])
+        last = self.settings.value("last_dataset", "")
+        if last and Path(last).exists():
+            self.set_dataset(last)
+
+    def recent_models(self) -> list[str]:
+        value = self.settings.value("recent_models", [])
+        return [value] if isinstance(value, str) else list(value or [])
+
+    def _remember_model(self, model: str) -> None:
+        recent = [model] + [m for m in self.recent_models() if m != model]
+        self.settings.setValue("recent_models", recent[:RECENT_MODELS])
+        self.settings.setValue("runs_root", str(self.runs_root))
+
+    def closeEvent(self, event) -> None:
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """End every child process (engine, inspection, export, chat)."""
+        self.engine.kill()
+        self.preview.kill()
+        if self._export_process is not None and \
+                self._export_process.state() != QProcess.ProcessState.NotRunning:
+            self._export_process.kill()
+            self._export_process.waitForFinished(3000)
+        self.playground.stop()
+        self.settings.sync()

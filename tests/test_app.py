@@ -1,0 +1,324 @@
+"""The desktop app with real widgets (offscreen), real engine processes and real drop events."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QProcess, QSettings, Qt, QUrl  # noqa: E402
+from PySide6.QtGui import QDragEnterEvent, QDropEvent  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from app.main_window import MainWindow  # noqa: E402
+from app.runs import list_runs, read_metrics  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SCREENSHOTS = REPO / "tests" / "screenshots"
+ENGINE_TIMEOUT_MS = 120_000
+
+
+def _child_processes(window: MainWindow) -> list[QProcess]:
+    return [p for p in window.findChildren(QProcess) if p.state() != QProcess.ProcessState.NotRunning]
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path):
+    windows = []
+
+    def make(**kwargs) -> MainWindow:
+        settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+        window = MainWindow(settings=settings, runs_root=tmp_path / "runs", **kwargs)
+        qtbot.addWidget(window)
+        window.show()
+        windows.append(window)
+        return window
+
+    yield make
+    for window in windows:
+        # Let a pending dataset inspection end on its own; anything else still running is a leak.
+        if window.preview.is_inspecting():
+            window.preview._process.waitForFinished(30_000)
+        running = _child_processes(window)
+        window.shutdown()
+        leaked = [" ".join([p.program(), *p.arguments()]) for p in running]
+        assert not leaked, f"processes left running: {leaked}"
+
+
+def _fill_tiny(window: MainWindow, model: Path, data: Path, **fields) -> None:
+    window.model_edit.setText(str(model))
+    window.dataset_edit.setText(str(data))
+    values = {"task": "classification", "steps": 4, "threads": 1, "eval_every": 2,
+              "checkpoint_every": 0, "batch_size": 2, "max_seq_len": 48, "optimizer.q": 2,
+              "lora.rank": 4, "label_words": '[" terrible", " great"]', "seed": 0}
+    values.update(fields)
+    form = window.form
+    for name, value in values.items():
+        widget = form.widgets[name]
+        if hasattr(widget, "setCurrentText"):
+            widget.setCurrentText(str(value))
+        elif hasattr(widget, "setValue"):
+            widget.setValue(int(value))
+        else:
+            widget.setText(str(value))
+    # eval_rows is not on the form; a small eval keeps the test fast.
+    window.form.base.eval_rows = 16
+
+
+def _fake_engine(tmp_path: Path, name: str, body: str) -> list[str]:
+    script = tmp_path / f"{name}.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys, time
+        def event(seq, type, **data):
+            print(json.dumps({"v": 1, "seq": seq, "time": time.time(), "run_id": "fake",
+                              "type": type, "data": data}), flush=True)
+        event(0, "hello", protocol=1)
+    """) + textwrap.dedent(body))
+    return [sys.executable, str(script)]
+
+
+def _drop(widget, path: Path) -> QDropEvent:
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    enter = QDragEnterEvent(QPoint(5, 5), Qt.DropAction.CopyAction, mime,
+                            Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(widget, enter)
+    assert enter.isAccepted()
+    drop = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime,
+                      Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(widget, drop)
+    return drop
+
+
+def test_app_never_imports_torch():
+    code = ("import sys; import app.main_window, app.__main__; "
+            "bad = [m for m in ('torch', 'transformers', 'peft', 'executorch', 'llama_cpp') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"}, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_end_to_end_training_from_the_window(make_window, qtbot, tiny_model, classification_data):
+    window = make_window()
+    _fill_tiny(window, tiny_model, classification_data)
+    with qtbot.waitSignal(window.sig_run_finished, timeout=ENGINE_TIMEOUT_MS) as finished:
+        qtbot.mouseClick(window.start_button, Qt.MouseButton.LeftButton)
+        assert not window.start_button.isEnabled() and window.stop_button.isEnabled()
+    assert finished.args == ["completed"], window.log.toPlainText()
+    window.curves.redraw()
+    assert window.curves.point_count("loss") == 4
+    assert window.curves.point_count("accuracy") >= 2  # step 0 (zero-shot) and later evals
+    assert window.curves.runs[0].get("accuracy")[0][0] == 0.0
+    assert window.curves.point_count("rss") >= 1
+    output_dir = window.run.output_dir
+    assert (output_dir / "adapter" / "adapter_config.json").is_file()
+    assert window.progress.value() == 4 and window.start_button.isEnabled()
+    assert str(output_dir / "adapter") in window.adapter_label.text()
+    runs = list_runs(window.runs_root)
+    assert [r.path for r in runs] == [output_dir] and runs[0].status == "completed"
+    assert window.runs_list.count() == 1
+    # The config the engine got sits beside the run; recent models remember the choice.
+    assert (window.runs_root / f"{output_dir.name}.yaml").is_file()
+    assert window.recent_models() == [str(tiny_model)]
+    # Reopening the run from history redraws the same curves from metrics.jsonl.
+    window.open_runs([window.runs_list.item(0)])
+    assert window.curves.point_count("loss") == 4
+
+
+def test_drop_dataset_file_shows_preview_and_inspection(make_window, qtbot, classification_data):
+    window = make_window()
+    with qtbot.waitSignal(window.preview.sig_inspected, timeout=60_000) as inspected:
+        drop = _drop(window.drop_zone, classification_data)
+    assert drop.isAccepted()
+    assert window.dataset_edit.text() == str(classification_data)
+    table = window.preview.table
+    assert table.rowCount() == 20
+    headers = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
+    assert set(headers) == {"text", "label"}
+    first = json.loads(classification_data.read_text().splitlines()[0])
+    assert table.item(0, headers.index("text")).text() == first["text"]
+    assert inspected.args[0]["schema"] == "classification"
+    assert "120 rows" in window.preview.summary.text()
+
+
+def test_drop_broken_dataset_names_the_line(make_window, qtbot, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine", "label": 1}\n{"text": oops}\n')
+    window = make_window()
+    with qtbot.waitSignal(window.preview.sig_inspected, timeout=60_000) as inspected:
+        _drop(window.drop_zone, bad)
+    assert "bad.jsonl:2" in window.preview.summary.text()
+    assert inspected.args[0]["errors"]
+
+
+def test_drop_model_folder_and_gguf(make_window, tiny_model, tmp_path):
+    window = make_window()
+    drop = _drop(window.model_edit, tiny_model)
+    assert drop.isAccepted()
+    assert window.model_edit.text() == str(tiny_model)
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    _drop(window.model_edit, gguf)
+    assert window.model_edit.text() == str(gguf)
+
+
+def test_settings_yaml_and_presets(make_window, tiny_model, classification_data, tmp_path):
+    window = make_window()
+    _fill_tiny(window, tiny_model, classification_data)
+    dialog = window.show_yaml()
+    assert "steps: 4" in dialog.yaml_text and "- ' terrible'" in dialog.yaml_text
+    dialog.close()
+    window.form.apply_preset("Quality")
+    assert window.current_config().steps == 1000 and window.current_config().optimizer.q == 8
+    window.form.widgets["optimizer.lr"].setText("fast")
+    window.start()
+    assert "optimizer.lr" in window.status_line.text() and window.run.state == "idle"
+
+
+def test_engine_that_crashes_is_reported_and_resume_offered(
+        make_window, qtbot, tmp_path, tiny_model, classification_data):
+    command = _fake_engine(tmp_path, "crash", """
+        event(1, "progress", step=1, total_steps=4, elapsed_seconds=0.1, eta_seconds=0.3)
+        print("Traceback: something broke badly", file=sys.stderr, flush=True)
+        sys.exit(3)
+    """)
+    window = make_window(engine_command=command)
+    _fill_tiny(window, tiny_model, classification_data)
+    with qtbot.waitSignal(window.sig_run_finished, timeout=30_000) as finished:
+        window.start()
+    assert finished.args == ["crashed"]
+    assert "crashed" in window.status_line.text()
+    assert "something broke badly" in window.log.toPlainText()
+    assert window.start_button.isEnabled() and window.progress.value() == 1
+
+
+def test_malformed_and_unknown_events_are_logged_and_skipped(
+        make_window, qtbot, tmp_path, tiny_model, classification_data):
+    command = _fake_engine(tmp_path, "odd", """
+        print("this is not json", flush=True)
+        event(1, "telemetry_v9", whatever=1)
+        event(2, "metrics", step=1, loss=0.7, step_seconds=0.1, tokens_per_second=100.0)
+        event(3, "done", status="completed", exit_code=0, output_dir=None)
+    """)
+    window = make_window(engine_command=command)
+    _fill_tiny(window, tiny_model, classification_data)
+    with qtbot.waitSignal(window.sig_run_finished, timeout=30_000) as finished:
+        window.start()
+    assert finished.args == ["completed"]
+    log = window.log.toPlainText()
+    assert "malformed" in log and "this is not json" in log
+    assert "telemetry_v9" in log
+    window.curves.redraw()
+    assert window.curves.point_count("loss") == 1  # the stream went on after both
+    assert window.start_button.isEnabled()
+
+
+def test_engine_that_hangs_is_ended_by_the_watchdog(
+        make_window, qtbot, tmp_path, tiny_model, classification_data):
+    command = _fake_engine(tmp_path, "hang", """
+        time.sleep(60)
+    """)
+    window = make_window(engine_command=command, watchdog_seconds=1.0)
+    _fill_tiny(window, tiny_model, classification_data)
+    with qtbot.waitSignal(window.sig_run_finished, timeout=30_000) as finished:
+        window.start()
+    assert finished.args == ["hung"]
+    assert "sent nothing for 1 s" in window.log.toPlainText()
+    assert window.start_button.isEnabled()
+    assert window.engine._process.state() == QProcess.ProcessState.NotRunning
+
+
+def test_stop_mid_run_then_resume_continues(make_window, qtbot, tiny_model, classification_data):
+    window = make_window()
+    _fill_tiny(window, tiny_model, classification_data, steps=40, eval_every=20)
+    with qtbot.waitSignal(window.engine.sig_event_received, timeout=ENGINE_TIMEOUT_MS,
+                          check_params_cb=lambda e: e.type == "progress" and e.data["step"] >= 2):
+        window.start()
+    with qtbot.waitSignal(window.sig_run_finished, timeout=ENGINE_TIMEOUT_MS) as stopped:
+        qtbot.keyClick(window, Qt.Key.Key_Period, Qt.KeyboardModifier.ControlModifier)
+    assert stopped.args == ["stopped"], window.log.toPlainText()
+    assert window.resume_button.isEnabled()
+    stopped_at = window.progress.value()
+    assert 2 <= stopped_at < 40
+    with qtbot.waitSignal(window.sig_run_finished, timeout=ENGINE_TIMEOUT_MS) as finished:
+        qtbot.mouseClick(window.resume_button, Qt.MouseButton.LeftButton)
+    assert finished.args == ["completed"], window.log.toPlainText()
+    steps = [r["step"] for r in read_metrics(window.run.output_dir / "metrics.jsonl")
+             if r["type"] == "metrics"]
+    assert steps == list(range(1, 41))
+    window.curves.redraw()
+    assert window.curves.point_count("loss") == 40  # history replayed, then live points
+
+
+def test_history_overlays_two_runs(make_window, tmp_path):
+    root = tmp_path / "runs"
+    for name, accuracy in (("a", 0.6), ("b", 0.8)):
+        folder = root / name
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text("model: tiny\ndataset: /data/x.jsonl\n")
+        records = [{"type": "metrics", "step": s, "loss": 1.0 / s} for s in (1, 2, 3)]
+        records.append({"type": "eval", "step": 3, "loss": 0.5, "accuracy": accuracy, "rows": 8})
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + "{torn")
+    window = make_window()
+    assert window.runs_list.count() == 2
+    texts = [window.runs_list.item(i).text() for i in range(2)]
+    assert any("80.0%" in t for t in texts) and all("stopped" not in t for t in texts)
+    window.runs_list.selectAll()
+    window.open_runs(window.runs_list.selectedItems())
+    assert len(window.curves.runs) == 2
+    assert [len(r.get("loss")[0]) for r in window.curves.runs] == [3, 3]
+
+
+def test_screenshots_of_the_main_states(make_window, qtbot, tiny_model, classification_data):
+    """Offscreen grabs of empty / dataset loaded / training / finished (Xvfb is not needed)."""
+    SCREENSHOTS.mkdir(exist_ok=True)
+    window = make_window()
+    window.grab().save(str(SCREENSHOTS / "1-empty.png"))
+    with qtbot.waitSignal(window.preview.sig_inspected, timeout=60_000):
+        _drop(window.drop_zone, classification_data)
+    window.grab().save(str(SCREENSHOTS / "2-dataset.png"))
+    _fill_tiny(window, tiny_model, classification_data, steps=6)
+    with qtbot.waitSignal(window.engine.sig_event_received, timeout=ENGINE_TIMEOUT_MS,
+                          check_params_cb=lambda e: e.type == "progress" and e.data["step"] >= 3):
+        window.start()
+    window.curves.redraw()
+    window.grab().save(str(SCREENSHOTS / "3-training.png"))
+    with qtbot.waitSignal(window.sig_run_finished, timeout=ENGINE_TIMEOUT_MS):
+        pass
+    window.curves.redraw()
+    window.grab().save(str(SCREENSHOTS / "4-finished.png"))
+    sizes = [(SCREENSHOTS / f).stat().st_size for f in
+             ("1-empty.png", "2-dataset.png", "3-training.png", "4-finished.png")]
+    assert all(size > 10_000 for size in sizes)
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb not installed")
+def test_window_opens_on_a_real_x_server(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        from PySide6.QtWidgets import QApplication
+        from PySide6.QtCore import QSettings, QTimer
+        app = QApplication([])
+        from app.main_window import MainWindow
+        w = MainWindow(settings=QSettings({str(tmp_path / 's.ini')!r}, QSettings.Format.IniFormat),
+                       runs_root={str(tmp_path / 'runs')!r})
+        w.show()
+        QTimer.singleShot(500, lambda: (w.grab().save({str(SCREENSHOTS / 'xvfb-empty.png')!r}),
+                                        w.shutdown(), app.quit()))
+        app.exec()
+    """)
+    SCREENSHOTS.mkdir(exist_ok=True)
+    result = subprocess.run(["xvfb-run", "-a", sys.executable, "-c", code], cwd=REPO,
+                            env={**os.environ, "QT_QPA_PLATFORM": "xcb"}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (SCREENSHOTS / "xvfb-empty.png").stat().st_size > 10_000
