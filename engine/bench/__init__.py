@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--eval-rows", type=int, default=200)
     p.add_argument("--train-rows", type=int, default=10000)
-    p.add_argument("--only", nargs="+", choices=["prge", "mezo", "fo"], help="run only these")
+    p.add_argument("--only", nargs="+", metavar="NAME",
+                   help="run only these: an optimiser (prge, mezo, fo) or a run name ('prge q=4 b=4')")
     p.add_argument("--work", type=Path, default=None,
                    help="folder for the runs (default runs/bench-accuracy-TIME)")
 

@@ -123,12 +123,16 @@ def curve(metrics: Path) -> list[dict]:
 
 def run(model: str, sst2: Path, steps: int, eval_every: int, eval_rows: int, train_rows: int,
         threads: int, folder: Path, only: list[str] | None = None) -> dict:
-    train, held_out = write_split(sst2, folder / "data", eval_rows, train_rows, seed=0)
     record = {"benchmark": "accuracy", "model": model, "dataset": str(sst2),
               "eval_rows": eval_rows, "train_rows": train_rows, "seed": 0,
               "environment": environment(threads), "runs": []}
+    known = {v.name for v in VARIANTS} | {v.name.split()[0] for v in VARIANTS}
+    unknown = sorted(set(only or []) - known)
+    if unknown:
+        raise UserError(f"--only {unknown}: no such run; choose from {sorted(known)}")
+    train, held_out = write_split(sst2, folder / "data", eval_rows, train_rows, seed=0)
     for variant in VARIANTS:
-        if only and variant.name.split()[0] not in only:
+        if only and variant.name.split()[0] not in only and variant.name not in only:
             continue
         n = max(1, round(steps * variant.steps_share))
         every = max(1, round(eval_every * variant.steps_share))

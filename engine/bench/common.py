@@ -92,6 +92,11 @@ def _git_revision() -> str:
     return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
 
 
+def model_label(reference: str) -> str:
+    return {"default": "SmolLM2-135M-Instruct", "tiny": "tiny Llama (2 layers, 64 wide)"}.get(
+        reference, reference)
+
+
 def write_json(record: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

@@ -53,6 +53,25 @@ def run(reference: str, q: int, b: int, seq_len: int, steps: int, threads: int,
     for key, top, bottom in (("prge_dual_over_inference", "prge dual", "inference"),
                              ("fo_over_prge_dual", "fo", "prge dual")):
         record[key] = peaks[top] / peaks[bottom] if top in peaks and bottom in peaks else None
-    # The estimate's prediction joins here once engine/estimate.py exists (issue: memory estimate).
-    record["estimate"] = None
+    record["estimate"] = estimates(reference, q, b, seq_len, variants)
     return finish(record)
+
+
+def estimates(reference: str, q: int, b: int, seq_len: int, variants: list[str]) -> dict | None:
+    """engine/estimate.py's predicted peak per optimiser, for the same shapes (None for `tiny`)."""
+    if reference == "tiny":
+        return None
+    from engine import estimate, model
+    from engine.config import OptimizerConfig, TrainConfig
+
+    config = json.loads((model.local_folder(reference) / "config.json").read_text(encoding="utf-8"))
+    shape = estimate.Shape.from_config(config)
+    predicted = {}
+    for variant in variants:
+        if variant == "inference":
+            continue
+        name, _, mode = variant.partition(" ")
+        train = TrainConfig(task="classification", batch_size=b, max_seq_len=seq_len,
+                            optimizer=OptimizerConfig(name=name, q=q, mode=mode or "dual"))
+        predicted[variant] = estimate.estimate(shape, train).total_bytes
+    return predicted

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.bench.common import read_json
+from engine.bench.common import model_label, read_json
 
 
 def plot_all(results: Path, plots: Path) -> list[Path]:
@@ -48,7 +48,7 @@ def _throughput(record: dict, target: Path) -> None:
         left.errorbar(rows, ms, yerr=spread, marker="o", label=label)
         right.plot(rows, [m / r for m, r in zip(ms, rows, strict=True)], marker="o", label=label)
     left.set(xscale="log", yscale="log", xlabel="rows in the batch", ylabel="forward ms (median, min–max)",
-             title=f"one plain forward, {record['model']}")
+             title=f"one plain forward, {model_label(record['model'])}")
     right.set(xscale="log", xlabel="rows in the batch", ylabel="ms per row",
               title="cost per row: flat = no batching gain")
     for axis in (left, right):
@@ -79,7 +79,7 @@ def _step(record: dict, target: Path) -> None:
         axis.grid(alpha=0.3)
         axis.legend(loc="upper left", fontsize=8)
         twin.legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"step time, {record['model']}, {record['seq_len']} tokens/row")
+    fig.suptitle(f"step time, {model_label(record['model'])}, {record['seq_len']} tokens/row")
     _save(fig, target)
 
 
@@ -99,7 +99,7 @@ def _accuracy(record: dict, target: Path) -> None:
         axis.set(xlabel=xlabel, ylabel=f"held-out accuracy ({record['eval_rows']} rows)")
         axis.grid(alpha=0.3)
     left.legend(fontsize=8)
-    fig.suptitle(f"SST-2, {record['model']}, seed {record['seed']}")
+    fig.suptitle(f"SST-2, {model_label(record['model'])}, seed {record['seed']}")
     _save(fig, target)
 
 
@@ -111,7 +111,7 @@ def _memory(record: dict, target: Path) -> None:
     axis.bar(names, [v["peak_rss_bytes"] / 2**20 for v in record["variants"]], label="peak RSS")
     axis.bar(names, [v["rss_after_load_bytes"] / 2**20 for v in record["variants"]], color="grey",
              alpha=0.6, label="RSS after model load")
-    axis.set(ylabel="MiB", title=f"peak memory, {record['model']}, q={record['q']} b={record['b']}, "
-             f"{record['seq_len']} tokens/row")
+    axis.set(ylabel="MiB", title=f"peak memory, {model_label(record['model'])}\n"
+             f"q={record['q']} b={record['b']}, {record['seq_len']} tokens/row")
     axis.legend()
     _save(fig, target)

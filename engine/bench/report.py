@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from engine.bench.common import model_label
+
 
 def summary(record: dict) -> str:
     env = record["environment"]
-    head = (f"{record['benchmark']}: {record['model']} on {env['cpu']}, {env['torch_threads']} "
+    head = (f"{record['benchmark']}: {model_label(record['model'])} on {env['cpu']}, {env['torch_threads']} "
             f"threads, torch {env['torch']}, rev {env['git_revision']}, load average "
             f"{_load(env['load_average_at_start'])} → {_load(env.get('load_average_at_end'))}")
     body = {"throughput": _throughput, "step": _step, "accuracy": _accuracy,
@@ -74,5 +76,6 @@ def _memory(record: dict) -> list[str]:
                        ("fo_over_prge_dual", "fo / prge dual")):
         if record[key] is not None:
             lines.append(f"  {label}: {record[key]:.3f}")
-    lines.append(f"  estimate: {record['estimate'] or 'pending (engine/estimate.py not present)'}")
+    for variant, predicted in (record["estimate"] or {}).items():
+        lines.append(f"  engine/estimate.py predicts {variant}: {predicted / 2**20:.0f} MiB")
     return lines
