@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import yaml
-from PySide6.QtCore import QObject, QProcess, QSettings, Qt, Signal
+from PySide6.QtCore import QObject, QProcess, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QDialog,
@@ -35,7 +35,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.curves import CurvesWidget
 from app.dataset_preview import DatasetPreview, DropZone, dropped_path
 from app.engine_client import REPO_ROOT, EngineClient
 from app.runs import list_runs, series_of
@@ -106,12 +105,16 @@ class MainWindow(QMainWindow):
         self.run.sig_state_changed.connect(self._update_buttons)
         self._export_process: QProcess | None = None
 
-        self.curves = CurvesWidget()
+        # pyqtgraph (and numpy under it) take most of a cold start: the plots are built right
+        # after the window is shown, or on first use, whichever comes first.
+        self._curves = None
+        self.curves_tab = QWidget()
+        QVBoxLayout(self.curves_tab).setContentsMargins(0, 0, 0, 0)
         self.log = QPlainTextEdit(readOnly=True)
         self.log.setMaximumBlockCount(5000)
         self.playground = PlaygroundWidget()
         self.tabs = QTabWidget()
-        self.tabs.addTab(self.curves, "Curves")
+        self.tabs.addTab(self.curves_tab, "Curves")
         self.tabs.addTab(self._build_runs_tab(), "Runs")
         self.tabs.addTab(self.log, "Log")
         self.tabs.addTab(self._build_export_tab(), "Export")
@@ -127,6 +130,17 @@ class MainWindow(QMainWindow):
         self._restore_settings()
         self.refresh_runs()
         self._update_buttons("idle")
+        QTimer.singleShot(0, lambda: self.curves)
+
+    @property
+    def curves(self):
+        """The Curves tab's CurvesWidget, built on first use."""
+        if self._curves is None:
+            from app.curves import CurvesWidget
+
+            self._curves = CurvesWidget()
+            self.curves_tab.layout().addWidget(self._curves)
+        return self._curves
 
     # ---- building ---------------------------------------------------------------------
     def _build_left_panel(self) -> QWidget:
@@ -353,7 +367,7 @@ class MainWindow(QMainWindow):
         self._append_log("info", f"{'resume' if resume else 'start'}: {config_path}")
         self.run.set("running")
         self.engine.start(config_path, resume=resume)
-        self.tabs.setCurrentWidget(self.curves)
+        self.tabs.setCurrentWidget(self.curves_tab)
 
     def stop(self) -> None:
         if self.run.state == "running":
@@ -461,7 +475,7 @@ class MainWindow(QMainWindow):
         self.export_run.setText(str(folders[0]))
         self.adapter_label.setText(f"PEFT adapter: {folders[0] / 'adapter'}")
         self.playground.set_run(folders[0])
-        self.tabs.setCurrentWidget(self.curves)
+        self.tabs.setCurrentWidget(self.curves_tab)
 
     # ---- export -----------------------------------------------------------------------
     def export(self, fmt: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from app.curves import Series
+from app.series import Series
 
 
 @dataclass
