@@ -63,13 +63,88 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class GgufInfo:
+    architecture: str  # general.architecture, e.g. llama, gemma3
+    tensor_names: list[str]
+    # The file's scalar and string metadata (architecture hyperparameters, chat template);
+    # arrays such as the vocabulary are left out, except for their length in vocab_size.
+    metadata: dict[str, object]
+
+
+def read_gguf(path: Path) -> GgufInfo:
+    """Read a GGUF file's header and tensor table (no weights), refusing a broken file.
+
+    The gguf reader maps every tensor against the file's size, so a truncated download fails
+    here in seconds with a clear message instead of deep inside transformers' conversion.
+    """
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (ValueError, IndexError, OSError) as exc:
+        if "magic" in str(exc):
+            raise UserError(f"{path}: not a GGUF file (its first bytes are not 'GGUF'); "
+                            "point model= to a .gguf model file") from None
+        raise UserError(f"{path}: the file is truncated or corrupt ({str(exc)[:120]}); "
+                        "download it again") from None
+    metadata: dict[str, object] = {}
+    for key, field in reader.fields.items():
+        if field.types and field.types[0] == gguf.GGUFValueType.ARRAY:
+            if key == "tokenizer.ggml.tokens":
+                metadata["vocab_size"] = len(field.data)
+            continue
+        metadata[key] = field.contents()
+    architecture = str(metadata.get("general.architecture", ""))
+    if not architecture:
+        raise UserError(f"{path}: the GGUF metadata names no general.architecture; the file is "
+                        "incomplete, download or convert it again")
+    return GgufInfo(architecture, [t.name for t in reader.tensors], metadata)
+
+
+def gguf_config(info: GgufInfo) -> dict[str, object]:
+    """A Hugging Face config dict from GGUF metadata, through transformers' own key table, so
+    a model can be described (probe, memory estimate) without converting its weights."""
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    arch = info.architecture
+    config: dict[str, object] = {"vocab_size": info.metadata.get("vocab_size")}
+    for key, name in GGUF_CONFIG_MAPPING.get(arch, {}).items():
+        if name and f"{arch}.{key}" in info.metadata:
+            config[name] = info.metadata[f"{arch}.{key}"]
+    # transformers names the text-only Gemma 3 model gemma3_text when it loads a GGUF.
+    model_type = {"gemma3": "gemma3_text"}.get(arch, arch)
+    causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    config.update(model_type=model_type, architectures=[causal] if causal else [],
+                  tie_word_embeddings="output.weight" not in info.tensor_names)
+    return config
+
+
+def check_gguf_architecture(path: Path, architecture: str) -> None:
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    supported = sorted(set(GGUF_CONFIG_MAPPING) - {"general", "tokenizer"})
+    if architecture not in supported:
+        raise UserError(
+            f"{path}: architecture {architecture!r} cannot be loaded into torch from GGUF "
+            f"(supported: {', '.join(supported)}); use a Hugging Face folder of the model instead"
+        )
+
+
+def gguf_cache_folder(path: Path) -> Path:
+    """Where the converted checkpoint of a GGUF file lives (it may not exist yet)."""
+    return cache_dir() / "gguf" / file_hash(path)[:20]
+
+
 def gguf_to_folder(path: Path) -> Path:
     """Dequantise a GGUF file into a cached safetensors folder (once per file content)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = cache_dir() / "gguf" / file_hash(path)[:20]
+    target = gguf_cache_folder(path)
     if (target / "config.json").exists():
         return target
+    check_gguf_architecture(path, read_gguf(path).architecture)
     log.info("converting %s to a torch checkpoint (once; cached in %s)", path.name, target)
     try:
         model = AutoModelForCausalLM.from_pretrained(
