@@ -24,6 +24,7 @@ PLOTS = {
     "Memory (GiB)": [("rss", "RSS", "solid"), ("peak", "peak", "dash"), ("device", "device", "dot")],
     "Speed": [("step_seconds", "s / step", "solid"), ("tokens_per_second", "tokens / s", "dash")],
 }
+RIGHT_AXIS = "tokens_per_second"  # on the Speed plot's right axis: its scale is ~1000x s / step
 
 
 class CurvesWidget(QWidget):
@@ -44,11 +45,22 @@ class CurvesWidget(QWidget):
             plot.addLegend(offset=(-10, 10))
             self.plots[title] = plot
             plot.scene().sigMouseMoved.connect(self._mouse_moved)
+        speed = self.plots["Speed"]
+        speed.setLabel("left", "s / step")
+        speed.showAxis("right")
+        speed.setLabel("right", "tokens / s")
+        self.right_view = pg.ViewBox()
+        speed.scene().addItem(self.right_view)
+        speed.getAxis("right").linkToView(self.right_view)
+        self.right_view.setXLink(speed)
+        speed.vb.sigResized.connect(
+            lambda: self.right_view.setGeometry(speed.vb.sceneBoundingRect()))
         self.budget_line = pg.InfiniteLine(angle=0, pen=pg.mkPen("#888", style=pg.QtCore.Qt.DashLine),
                                            label="budget", labelOpts={"position": 0.1})
         self.plots["Memory (GiB)"].addItem(self.budget_line)
         self.budget_line.hide()
         self._items: dict[tuple[int, str], pg.PlotDataItem] = {}
+        self._item_plot: dict[tuple[int, str], str] = {}  # key → plot title
         self._dirty = False
         self._timer = QTimer(self, interval=REDRAW_MS)
         self._timer.timeout.connect(self.redraw)
@@ -72,7 +84,10 @@ class CurvesWidget(QWidget):
                 plot.removeItem(item)
             if plot.legend is not None:
                 plot.legend.clear()
+        for item in list(self.right_view.addedItems):
+            self.right_view.removeItem(item)
         self._items.clear()
+        self._item_plot.clear()
         self.runs = runs or [Series("live")]
         self._dirty = True
         self.redraw()
@@ -120,9 +135,16 @@ class CurvesWidget(QWidget):
         name_text = f"{run_label}: {legend}" if overlay else legend
         # Sparse series (eval) need symbols: two points make no visible line.
         symbol = "o" if name in ("eval_loss", "accuracy") else None
-        item = self.plots[title].plot(name=name_text, pen=pen, symbol=symbol, symbolSize=6,
-                                      symbolBrush=colour)
+        plot = self.plots[title]
+        if name == RIGHT_AXIS:
+            item = pg.PlotDataItem(name=name_text, pen=pen)
+            self.right_view.addItem(item)
+            plot.legend.addItem(item, name_text)
+        else:
+            item = plot.plot(name=name_text, pen=pen, symbol=symbol, symbolSize=6,
+                             symbolBrush=colour)
         self._items[key] = item
+        self._item_plot[key] = title
         return item
 
     def _mouse_moved(self, position) -> None:
@@ -131,9 +153,10 @@ class CurvesWidget(QWidget):
                 continue
             point = plot.vb.mapSceneToView(position)
             parts = [f"{title} @ step {point.x():.0f}:"]
-            for (_, name), item in self._items.items():
-                if item not in plot.listDataItems():
+            for key, item in self._items.items():
+                if self._item_plot[key] != title:
                     continue
+                name = key[1]
                 xs, ys = item.getData()
                 if xs is None or len(xs) == 0:
                     continue

@@ -20,6 +20,7 @@ from app.engine_client import REPO_ROOT
 
 PREVIEW_ROWS = 20
 CELL_CHARS = 200
+COLUMN_PX = 240
 
 
 def read_rows(path: Path, limit: int = PREVIEW_ROWS) -> list[dict]:
@@ -120,6 +121,8 @@ class DatasetPreview(QWidget):
                 text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
                 self.table.setItem(r, c, QTableWidgetItem(text[:CELL_CHARS]))
         self.table.resizeColumnsToContents()
+        for column in range(self.table.columnCount()):  # long texts must not hide the label
+            self.table.setColumnWidth(column, min(self.table.columnWidth(column), COLUMN_PX))
         self.summary.setText(f"{path.name}: inspecting… {note}".strip())
         self._inspect(path)
 

@@ -220,6 +220,11 @@ def test_malformed_and_unknown_events_are_logged_and_skipped(
     window.curves.redraw()
     assert window.curves.point_count("loss") == 1  # the stream went on after both
     assert window.start_button.isEnabled()
+    # The next window (same QSettings) starts with this model and dataset.
+    again = make_window()
+    assert again.model_edit.text() == str(tiny_model)
+    assert again.dataset_edit.text() == str(classification_data)
+    assert again.settings.value("schema_version") in (1, "1")
 
 
 def test_engine_that_hangs_is_ended_by_the_watchdog(
@@ -257,6 +262,31 @@ def test_stop_mid_run_then_resume_continues(make_window, qtbot, tiny_model, clas
     assert steps == list(range(1, 41))
     window.curves.redraw()
     assert window.curves.point_count("loss") == 40  # history replayed, then live points
+
+
+def test_curves_redraw_in_batches_and_hover_reads_values(qtbot):
+    from app.curves import CurvesWidget
+
+    curves = CurvesWidget()
+    qtbot.addWidget(curves)
+    curves.resize(1000, 700)
+    curves.show()
+    for step in range(1, 201):
+        curves.add_event("metrics", {"step": step, "loss": 1.0 / step, "step_seconds": 0.1,
+                                     "tokens_per_second": 900.0 + step})
+    curves.add_event("memory", {"step": 200, "rss_bytes": 2**30, "peak_rss_bytes": 2**30,
+                                "device_allocated_bytes": None, "budget_bytes": 2 * 2**30})
+    assert not curves._items  # 201 events, no redraw yet: the 100 ms timer batches them
+    qtbot.waitUntil(lambda: bool(curves._items), timeout=2000)
+    xs, ys = curves._items[(0, "loss")].getData()
+    assert len(xs) == 200 and ys[99] == pytest.approx(0.01)
+    assert len(curves._items[(0, "tokens_per_second")].getData()[0]) == 200
+    assert curves.budget_line.isVisible() and curves.budget_line.value() == 2.0
+    curves.graphics.grab()  # lay the plots out so view coordinates map to the scene
+    plot = curves.plots["Training loss"]
+    plot.vb.setRange(xRange=(1, 200), yRange=(0, 1), padding=0)
+    curves._mouse_moved(plot.vb.mapViewToScene(QPointF(100, 0.5)))
+    assert "step 100" in curves.hover.text() and "raw = 0.01 " in curves.hover.text()
 
 
 def test_history_overlays_two_runs(make_window, tmp_path):
