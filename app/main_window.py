@@ -7,6 +7,8 @@ and survives whatever the engine does.
 
 from __future__ import annotations
 
+import html
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QPlainTextEdit,
     QProgressBar,
@@ -31,18 +34,23 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QSplitter,
     QTabWidget,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from app.dataset_preview import DatasetPreview, DropZone, dropped_path
+from app.device_panel import DevicePanel
 from app.engine_client import REPO_ROOT, EngineClient
+from app.model_probe import ModelProbe, model_config, probe_summary
 from app.runs import list_runs, series_of
 from app.settings_form import SettingsForm
-from app.widgets.playground import PlaygroundWidget
 from engine import config as config_io
 from engine.errors import UserError
 
+# The Playground tab comes from its own module when that module is present.
+PLAYGROUND_AVAILABLE = importlib.util.find_spec("app.widgets.playground") is not None
+PROBE_DELAY_MS = 600  # typing a path: probe once the text has settled
 SETTINGS_SCHEMA = 1
 RECENT_MODELS = 8
 DEFAULT_RUNS_ROOT = REPO_ROOT / "runs"
@@ -104,6 +112,10 @@ class MainWindow(QMainWindow):
         self.engine.sig_finished.connect(self._on_finished)
         self.run.sig_state_changed.connect(self._update_buttons)
         self._export_process: QProcess | None = None
+        self.probe = ModelProbe(self)
+        self.probe.sig_probe_finished.connect(self._on_probe)
+        self._probe_timer = QTimer(self, singleShot=True, interval=PROBE_DELAY_MS)
+        self._probe_timer.timeout.connect(self._model_changed)
 
         # pyqtgraph (and numpy under it) take most of a cold start: the plots are built right
         # after the window is shown, or on first use, whichever comes first.
@@ -112,13 +124,18 @@ class MainWindow(QMainWindow):
         QVBoxLayout(self.curves_tab).setContentsMargins(0, 0, 0, 0)
         self.log = QPlainTextEdit(readOnly=True)
         self.log.setMaximumBlockCount(5000)
-        self.playground = PlaygroundWidget()
+        self.playground = None
+        if PLAYGROUND_AVAILABLE:
+            from app.widgets.playground import PlaygroundWidget
+
+            self.playground = PlaygroundWidget()
         self.tabs = QTabWidget()
         self.tabs.addTab(self.curves_tab, "Curves")
         self.tabs.addTab(self._build_runs_tab(), "Runs")
         self.tabs.addTab(self.log, "Log")
         self.tabs.addTab(self._build_export_tab(), "Export")
-        self.tabs.addTab(self.playground, "Playground")
+        if self.playground is not None:
+            self.tabs.addTab(self.playground, "Playground")
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self._build_left_panel())
@@ -148,6 +165,13 @@ class MainWindow(QMainWindow):
         self.model_edit.setCompleter(None)
         model_browse = QPushButton("Browse…")
         model_browse.clicked.connect(self._browse_model)
+        self.recent_button = QToolButton(text="Recent",
+                                         popupMode=QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.recent_button.setMenu(QMenu(self.recent_button))
+        self.recent_button.menu().aboutToShow.connect(self._fill_recent_menu)
+        self.model_summary = QLabel("Pick a model: a folder, a .gguf file, a hub id or 'default'",
+                                    wordWrap=True)
+        self.model_edit.textChanged.connect(lambda _: self._probe_timer.start())
         self.dataset_edit = QLineEdit(placeholderText="dataset file or folder")
         self.dataset_edit.editingFinished.connect(
             lambda: self.set_dataset(self.dataset_edit.text()) if self.dataset_edit.text() else None)
@@ -157,6 +181,10 @@ class MainWindow(QMainWindow):
         self.drop_zone.sig_path_dropped.connect(self.set_dataset)
         self.preview = DatasetPreview()
         self.form = SettingsForm()
+        self.device = DevicePanel(self.settings)
+        self.form.sig_settings_changed.connect(self.refresh_estimate)
+        self.device.sig_device_changed.connect(self.refresh_estimate)
+        self.device.sig_fit_changed.connect(lambda _: self._update_buttons(self.run.state))
 
         inputs = QGroupBox("Model and data")
         grid = QVBoxLayout(inputs)
@@ -167,6 +195,9 @@ class MainWindow(QMainWindow):
             row.addWidget(edit, 1)
             row.addWidget(button)
             grid.addLayout(row)
+            if edit is self.model_edit:
+                row.addWidget(self.recent_button)
+                grid.addWidget(self.model_summary)
         grid.addWidget(self.drop_zone)
         grid.addWidget(self.preview)
 
@@ -183,7 +214,10 @@ class MainWindow(QMainWindow):
 
         scroll_content = QWidget()
         scroll_layout = QVBoxLayout(scroll_content)
+        device_box = QGroupBox("Device and memory")
+        QVBoxLayout(device_box).addWidget(self.device)
         scroll_layout.addWidget(inputs)
+        scroll_layout.addWidget(device_box)
         scroll_layout.addWidget(settings_box)
         scroll = QScrollArea(widgetResizable=True)
         scroll.setWidget(scroll_content)
@@ -278,6 +312,7 @@ class MainWindow(QMainWindow):
             raise UserError(f"settings: {exc}") from None
         config.model = self.model_edit.text().strip()
         config.dataset = self.dataset_edit.text().strip()
+        self.device.apply(config)
         return config_io.validate(config)
 
     def show_yaml(self) -> QDialog:
@@ -298,6 +333,8 @@ class MainWindow(QMainWindow):
         config = config_io.load(path)
         self.form.set_config(config)
         self.form.preset.setCurrentText("Custom")
+        if config.memory_budget_gb:
+            self.device.budget.setValue(config.memory_budget_gb)
         if config.model:
             self.model_edit.setText(config.model)
         if config.dataset:
@@ -318,6 +355,41 @@ class MainWindow(QMainWindow):
                 config_io.save(self.current_config(), path)
             except UserError as exc:
                 QMessageBox.warning(self, "Config not saved", str(exc))
+
+    # ---- model and memory -------------------------------------------------------------
+    def _fill_recent_menu(self) -> None:
+        menu = self.recent_button.menu()
+        menu.clear()
+        for model in self.recent_models() or ["default"]:
+            menu.addAction(model, lambda m=model: self.model_edit.setText(m))
+
+    def _model_changed(self) -> None:
+        reference = self.model_edit.text().strip()
+        # A local folder's config.json gives the estimate at once; the probe adds the rest.
+        self.device.set_model_config(model_config({"folder": reference}))
+        self.refresh_estimate()
+        if not reference or self.run.state != "idle":
+            return  # during a run a probe would compete with training for the cores
+        self.model_summary.setText(f"{reference}: probing…")
+        self.probe.probe(reference)
+
+    def _on_probe(self, reference: str, result: dict) -> None:
+        if reference != self.model_edit.text().strip():
+            return  # an answer about a model the user has moved away from
+        self.model_summary.setText(probe_summary(result))
+        if "error" not in result:
+            self.device.set_model_config(model_config(result))
+            if result.get("profile"):
+                self.device.adopt_detected(str(result["profile"]))
+            self.refresh_estimate()
+
+    def refresh_estimate(self) -> None:
+        """Recompute the memory bar for the settings as they are now."""
+        try:
+            config = self.form.config()
+        except ValueError:
+            config = None
+        self.device.update_estimate(config)
 
     # ---- run control ------------------------------------------------------------------
     def start(self) -> None:
@@ -377,7 +449,9 @@ class MainWindow(QMainWindow):
 
     def _update_buttons(self, state: str) -> None:
         idle = state == "idle"
-        self.start_button.setEnabled(idle)
+        blocked = self.device.blocking_reason
+        self.start_button.setEnabled(idle and not blocked)
+        self.start_button.setToolTip(blocked or "Ctrl+Return")
         self.stop_button.setEnabled(state == "running")
         resumable = (self.run.last_status in ("stopped", "crashed", "hung", "failed")
                      and self.run.output_dir is not None
@@ -440,16 +514,16 @@ class MainWindow(QMainWindow):
         }
         text = messages.get(status, status).format(code=exit_code)
         if status in ("crashed", "hung", "failed"):
-            tail = "\n".join(list(self.engine.stderr_tail)[-5:])
-            self.status_line.setText(f"<span style='color:#b00'>{text}</span>")
-            if tail:
-                self.status_line.setToolTip(tail)
+            tail = "<br>".join(html.escape(line[-160:]) for line in list(self.engine.stderr_tail)[-3:])
+            self.status_line.setText(f"<span style='color:#b00'>{text}</span>"
+                                     + (f"<br><tt>{tail}</tt>" if tail else ""))
         else:
             self.status_line.setText(text)
         if status == "completed" and self.run.output_dir is not None:
             self.export_run.setText(str(self.run.output_dir))
             self.adapter_label.setText(f"PEFT adapter: {self.run.output_dir / 'adapter'}")
-            self.playground.set_run(self.run.output_dir)
+            if self.playground is not None:
+                self.playground.set_run(self.run.output_dir)
         self.curves.redraw()
         self.run.set("idle")
         self.refresh_runs()
@@ -474,7 +548,8 @@ class MainWindow(QMainWindow):
         self.curves.show_runs([series_of(folder) for folder in folders])
         self.export_run.setText(str(folders[0]))
         self.adapter_label.setText(f"PEFT adapter: {folders[0] / 'adapter'}")
-        self.playground.set_run(folders[0])
+        if self.playground is not None:
+            self.playground.set_run(folders[0])
         self.tabs.setCurrentWidget(self.curves_tab)
 
     # ---- export -----------------------------------------------------------------------
@@ -530,5 +605,8 @@ class MainWindow(QMainWindow):
                 self._export_process.state() != QProcess.ProcessState.NotRunning:
             self._export_process.kill()
             self._export_process.waitForFinished(3000)
-        self.playground.stop()
+        self._probe_timer.stop()
+        self.probe.kill()
+        if self.playground is not None:
+            self.playground.stop()
         self.settings.sync()

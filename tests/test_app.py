@@ -47,6 +47,7 @@ def make_window(qtbot, tmp_path):
         # Let a pending dataset inspection end on its own; anything else still running is a leak.
         if window.preview.is_inspecting():
             window.preview._process.waitForFinished(30_000)
+        window.probe.kill()  # a model probe is a cancellable job, not a leak
         running = _child_processes(window)
         window.shutdown()
         leaked = [" ".join([p.program(), *p.arguments()]) for p in running]
@@ -187,6 +188,9 @@ def test_settings_yaml_and_presets(make_window, tiny_model, classification_data,
 def test_engine_that_crashes_is_reported_and_resume_offered(
         make_window, qtbot, tmp_path, tiny_model, classification_data):
     command = _fake_engine(tmp_path, "crash", """
+        import pathlib, yaml
+        output_dir = pathlib.Path(yaml.safe_load(open(sys.argv[1]))["output_dir"])
+        (output_dir / "checkpoints").mkdir(parents=True)
         event(1, "progress", step=1, total_steps=4, elapsed_seconds=0.1, eta_seconds=0.3)
         print("Traceback: something broke badly", file=sys.stderr, flush=True)
         sys.exit(3)
@@ -197,8 +201,10 @@ def test_engine_that_crashes_is_reported_and_resume_offered(
         window.start()
     assert finished.args == ["crashed"]
     assert "crashed" in window.status_line.text()
+    assert "something broke badly" in window.status_line.text()
     assert "something broke badly" in window.log.toPlainText()
     assert window.start_button.isEnabled() and window.progress.value() == 1
+    assert window.resume_button.isEnabled()  # a checkpoint folder exists to resume from
 
 
 def test_malformed_and_unknown_events_are_logged_and_skipped(
