@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +14,15 @@ import pytest
 import torch
 
 from engine import config as config_io
+from engine.config import ALL_PROJECTIONS
 from engine.errors import UserError
 from engine.estimate import Shape
 from engine.events import EventBus
 from engine.model import gguf_cache_folder, gguf_config, local_folder, read_gguf
 from engine.trainer import Trainer
 
-DEMO_DATA = Path(__file__).resolve().parent.parent / "resources" / "datasets" / "reviews.jsonl"
+REPO = Path(__file__).resolve().parent.parent
+DEMO_DATA = REPO / "resources" / "datasets" / "reviews.jsonl"
 
 
 def write_gguf(path: Path, architecture: str) -> Path:
@@ -51,6 +56,27 @@ def test_gguf_metadata_gives_the_model_shape_without_conversion(tiny_model, tmp_
     assert config["architectures"] == ["LlamaForCausalLM"] and config["max_position_embeddings"] == 256
     assert "tokenizer.chat_template" in info.metadata
     assert not gguf_cache_folder(path).exists()
+
+
+def test_probe_describes_a_gguf_from_its_metadata_without_converting_it(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from engine.export.gguf import write_model
+
+    path = tmp_path / "tiny.gguf"
+    write_model(tiny_model, path, "f16")
+    env = dict(os.environ, EDGETUNE_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-m", "engine", "probe", str(path), "--json"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["architecture"] == "LlamaForCausalLM" and info["stored_dtype"] == "F16"
+    assert info["layers"] == 2 and info["context_length"] == 256 and info["chat_template"] is True
+    assert info["parameters"] == sum(p.numel() for p in
+                                     AutoModelForCausalLM.from_pretrained(str(tiny_model)).parameters())
+    assert set(info["lora_targets"]) == set(ALL_PROJECTIONS) and info["dtype"] == "float32"
+    assert info["estimates"]["prge"]["total_bytes"] > info["estimates"]["prge"]["weights_bytes"] > 0
+    assert not (tmp_path / "cache").exists()
 
 
 def test_truncated_gguf_is_refused_before_conversion(tmp_path):
