@@ -7,6 +7,7 @@ cached as a safetensors folder in the user cache directory, keyed by the file's 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -219,6 +220,11 @@ def load(
     folder = local_folder(reference)
     if trust_remote_code:
         log.warning("trust_remote_code is on: Python code from %s will run", folder)
+    elif "auto_map" in json.loads((folder / "config.json").read_text(encoding="utf-8")):
+        raise UserError(
+            f"model {folder} ships its own Python code (auto_map in config.json), which runs only "
+            'with config field "trust_remote_code" set to true; set it only if you trust the source'
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(

