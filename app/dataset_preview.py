@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
-from PySide6.QtCore import QProcess, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QFrame, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
-from app.engine_client import REPO_ROOT
+from app.json_tool import JsonTool
 
 PREVIEW_ROWS = 20
 CELL_CHARS = 200
@@ -97,8 +96,9 @@ class DatasetPreview(QWidget):
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setMinimumHeight(120)
-        self._process: QProcess | None = None
-        self._output = b""
+        self._path = Path()
+        self.inspection = JsonTool("inspect-dataset", self)
+        self.inspection.sig_answered.connect(self._inspected)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.summary)
@@ -124,43 +124,23 @@ class DatasetPreview(QWidget):
         for column in range(self.table.columnCount()):  # long texts must not hide the label
             self.table.setColumnWidth(column, min(self.table.columnWidth(column), COLUMN_PX))
         self.summary.setText(f"{path.name}: inspecting… {note}".strip())
-        self._inspect(path)
+        self._path = path
+        self.inspection.run(str(path))
 
     def kill(self) -> None:
-        if self._process is not None and self._process.state() != QProcess.ProcessState.NotRunning:
-            self._process.kill()
-            self._process.waitForFinished(3000)
+        self.inspection.kill()
 
     def is_inspecting(self) -> bool:
-        return self._process is not None and self._process.state() != QProcess.ProcessState.NotRunning
+        return self.inspection.is_running()
 
-    def _inspect(self, path: Path) -> None:
-        self.kill()
-        process = QProcess(self)
-        process.setWorkingDirectory(str(REPO_ROOT))
-        self._output = b""
-        process.readyReadStandardOutput.connect(
-            lambda: setattr(self, "_output", self._output + bytes(process.readAllStandardOutput())))
-        process.finished.connect(lambda code, _status: self._inspected(process, path, code))
-        self._process = process
-        process.start(sys.executable, ["-m", "engine", "inspect-dataset", str(path), "--json"])
-
-    def _inspected(self, process: QProcess, path: Path, code: int) -> None:
-        if process is not self._process:
-            return
-        self._output += bytes(process.readAllStandardOutput())
-        stderr = bytes(process.readAllStandardError()).decode("utf-8", errors="replace").strip()
-        try:
-            # Exit code 1 with a JSON object: the file was read and has errors to show.
-            result = json.loads(self._output.decode("utf-8")) if self._output.strip() else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            result = None
-        if not isinstance(result, dict):
-            message = stderr.splitlines()[-1] if stderr else f"inspection failed (exit code {code})"
+    def _inspected(self, result: dict) -> None:
+        path = self._path
+        errors = result.get("errors") or []
+        if "schema" not in result:  # the tool gave no answer, only a reason
+            message = _escape(str(errors[0]["message"])) if errors else "inspection failed"
             self.summary.setText(f"<b>{path.name}</b>: <span style='color:#b00'>{message}</span>")
-            self.sig_inspected.emit({"errors": [{"message": message}]})
-            return
-        self.summary.setText(summary_html(path, result))
+        else:
+            self.summary.setText(summary_html(path, result))
         self.sig_inspected.emit(result)
 
 

@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
 from app.dataset_preview import DatasetPreview, DropZone, dropped_path
 from app.device_panel import DevicePanel
 from app.engine_client import REPO_ROOT, EngineClient
+from app.json_tool import JsonTool
 from app.model_probe import ModelProbe, model_config, probe_summary
 from app.runs import list_runs, series_of
 from app.settings_form import SettingsForm
@@ -77,6 +78,8 @@ class RunState(QObject):
 class ModelEdit(QLineEdit):
     """The model line edit; a dropped folder or .gguf file fills it."""
 
+    sig_path_dropped = Signal(str)
+
     def __init__(self) -> None:
         super().__init__(placeholderText="folder, .gguf file, hub id, or 'default'")
         self.setAcceptDrops(True)
@@ -91,6 +94,7 @@ class ModelEdit(QLineEdit):
         if path is not None and (path.is_dir() or path.suffix.lower() == ".gguf"):
             event.acceptProposedAction()
             self.setText(str(path))
+            self.sig_path_dropped.emit(str(path))
 
 
 class MainWindow(QMainWindow):
@@ -112,6 +116,7 @@ class MainWindow(QMainWindow):
         self.engine.sig_finished.connect(self._on_finished)
         self.run.sig_state_changed.connect(self._update_buttons)
         self._export_process: QProcess | None = None
+        self._probed = ""
         self.probe = ModelProbe(self)
         self.probe.sig_probe_finished.connect(self._on_probe)
         self._probe_timer = QTimer(self, singleShot=True, interval=PROBE_DELAY_MS)
@@ -162,7 +167,11 @@ class MainWindow(QMainWindow):
     # ---- building ---------------------------------------------------------------------
     def _build_left_panel(self) -> QWidget:
         self.model_edit = ModelEdit()
-        self.model_edit.setCompleter(None)
+        self.model_edit.sig_path_dropped.connect(self.probe_model)
+        self.model_edit.editingFinished.connect(lambda: self.probe_model(self.model_edit.text()))
+        self.model_summary = QLabel("", wordWrap=True)
+        self.model_probe = JsonTool("probe", self)
+        self.model_probe.sig_answered.connect(self._show_probe)
         model_browse = QPushButton("Browse…")
         model_browse.clicked.connect(self._browse_model)
         self.recent_button = QToolButton(text="Recent",
@@ -195,6 +204,8 @@ class MainWindow(QMainWindow):
             row.addWidget(edit, 1)
             row.addWidget(button)
             grid.addLayout(row)
+            if edit is self.model_edit:
+                grid.addWidget(self.model_summary)
             if edit is self.model_edit:
                 row.addWidget(self.recent_button)
                 grid.addWidget(self.model_summary)
@@ -293,12 +304,35 @@ class MainWindow(QMainWindow):
             folder, _ = QFileDialog.getOpenFileName(self, "GGUF model", "", "GGUF (*.gguf)")
         if folder:
             self.model_edit.setText(folder)
+            self.probe_model(folder)
 
     def _browse_dataset(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
             self, "Dataset", "", "Data (*.jsonl *.json *.csv *.tsv *.parquet *.txt);;All (*)")
         if path:
             self.set_dataset(path)
+
+    def probe_model(self, reference: str) -> None:
+        """Describe the model (architecture, size, context) from a probe process."""
+        reference = reference.strip()
+        if not reference or reference == self._probed:
+            return
+        self._probed = reference
+        self.model_summary.setText(f"{Path(reference).name}: reading the model…")
+        self.model_probe.run(reference)
+
+    def _show_probe(self, result: dict) -> None:
+        if "architecture" not in result:
+            errors = result.get("errors") or [{"message": "the model could not be read"}]
+            message = html.escape(str(errors[0].get("message")))
+            self.model_summary.setText(f"<span style='color:#b00'>{message}</span>")
+            return
+        parameters = result.get("parameters") or 0
+        size = f"{parameters / 1e9:.2f} B" if parameters >= 1e9 else f"{parameters / 1e6:.1f} M"
+        self.model_summary.setText(
+            f"{result['architecture']} · {size} parameters · context {result.get('context_length')}"
+            f" · {'chat template' if result.get('chat_template') else 'no chat template'}"
+            f" · weights {result.get('stored_dtype')}")
 
     def set_dataset(self, path: str) -> None:
         self.dataset_edit.setText(path)
@@ -337,6 +371,7 @@ class MainWindow(QMainWindow):
             self.device.budget.setValue(config.memory_budget_gb)
         if config.model:
             self.model_edit.setText(config.model)
+            self.probe_model(config.model)
         if config.dataset:
             self.set_dataset(config.dataset)
 
@@ -394,6 +429,9 @@ class MainWindow(QMainWindow):
     # ---- run control ------------------------------------------------------------------
     def start(self) -> None:
         if self.run.state != "idle":
+            return
+        if self.device.blocking_reason:  # the shortcut reaches here with the button disabled
+            self.status_line.setText(f"<span style='color:#b00'>{self.device.blocking_reason}</span>")
             return
         try:
             config = self.current_config()
@@ -601,6 +639,7 @@ class MainWindow(QMainWindow):
         """End every child process (engine, inspection, export, chat)."""
         self.engine.kill()
         self.preview.kill()
+        self.model_probe.kill()
         if self._export_process is not None and \
                 self._export_process.state() != QProcess.ProcessState.NotRunning:
             self._export_process.kill()

@@ -44,9 +44,10 @@ def make_window(qtbot, tmp_path):
 
     yield make
     for window in windows:
-        # Let a pending dataset inspection end on its own; anything else still running is a leak.
-        if window.preview.is_inspecting():
-            window.preview._process.waitForFinished(30_000)
+        # Let a pending inspection or probe end on its own; anything else still running is a leak.
+        for tool in (window.preview.inspection, window.model_probe):
+            if tool.is_running():
+                tool.wait(60_000)
         window.probe.kill()  # a model probe is a cancellable job, not a leak
         running = _child_processes(window)
         window.shutdown()
@@ -108,13 +109,30 @@ def test_app_never_imports_torch():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _screenshot(window: MainWindow, name: str) -> None:
+    """PNGs of the main states for a person to look at (tests/screenshots/ is not in git)."""
+    SCREENSHOTS.mkdir(exist_ok=True)
+    window.curves.redraw()
+    assert window.grab().save(str(SCREENSHOTS / f"{name}.png"))
+    assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
+
+
 def test_end_to_end_training_from_the_window(make_window, qtbot, tiny_model, classification_data):
     window = make_window()
+    _screenshot(window, "1-empty")
+    with qtbot.waitSignal(window.preview.sig_inspected, timeout=60_000):
+        _drop(window.drop_zone, classification_data)
+    _screenshot(window, "2-dataset")
     _fill_tiny(window, tiny_model, classification_data)
-    with qtbot.waitSignal(window.sig_run_finished, timeout=ENGINE_TIMEOUT_MS) as finished:
+    with qtbot.waitSignal(window.engine.sig_event_received, timeout=ENGINE_TIMEOUT_MS,
+                          check_params_cb=lambda e: e.type == "progress" and e.data["step"] >= 2):
         qtbot.mouseClick(window.start_button, Qt.MouseButton.LeftButton)
         assert not window.start_button.isEnabled() and window.stop_button.isEnabled()
+    _screenshot(window, "3-training")
+    with qtbot.waitSignal(window.sig_run_finished, timeout=ENGINE_TIMEOUT_MS) as finished:
+        pass
     assert finished.args == ["completed"], window.log.toPlainText()
+    _screenshot(window, "4-finished")
     window.curves.redraw()
     assert window.curves.point_count("loss") == 4
     assert window.curves.point_count("accuracy") >= 2  # step 0 (zero-shot) and later evals
@@ -161,15 +179,19 @@ def test_drop_broken_dataset_names_the_line(make_window, qtbot, tmp_path):
     assert inspected.args[0]["errors"]
 
 
-def test_drop_model_folder_and_gguf(make_window, tiny_model, tmp_path):
+def test_drop_model_folder_and_gguf(make_window, qtbot, tiny_model, tmp_path):
     window = make_window()
-    drop = _drop(window.model_edit, tiny_model)
+    with qtbot.waitSignal(window.model_probe.sig_answered, timeout=ENGINE_TIMEOUT_MS):
+        drop = _drop(window.model_edit, tiny_model)
     assert drop.isAccepted()
     assert window.model_edit.text() == str(tiny_model)
+    summary = window.model_summary.text()
+    assert "LlamaForCausalLM" in summary and "context 256" in summary and "0.1 M" in summary
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF")
     _drop(window.model_edit, gguf)
     assert window.model_edit.text() == str(gguf)
+    window.model_probe.kill()  # reading a fake GGUF is not what this test is about
 
 
 def test_settings_yaml_and_presets(make_window, tiny_model, classification_data, tmp_path):
@@ -312,29 +334,6 @@ def test_history_overlays_two_runs(make_window, tmp_path):
     window.open_runs(window.runs_list.selectedItems())
     assert len(window.curves.runs) == 2
     assert [len(r.get("loss")[0]) for r in window.curves.runs] == [3, 3]
-
-
-def test_screenshots_of_the_main_states(make_window, qtbot, tiny_model, classification_data):
-    """Offscreen grabs of empty / dataset loaded / training / finished (Xvfb is not needed)."""
-    SCREENSHOTS.mkdir(exist_ok=True)
-    window = make_window()
-    window.grab().save(str(SCREENSHOTS / "1-empty.png"))
-    with qtbot.waitSignal(window.preview.sig_inspected, timeout=60_000):
-        _drop(window.drop_zone, classification_data)
-    window.grab().save(str(SCREENSHOTS / "2-dataset.png"))
-    _fill_tiny(window, tiny_model, classification_data, steps=6)
-    with qtbot.waitSignal(window.engine.sig_event_received, timeout=ENGINE_TIMEOUT_MS,
-                          check_params_cb=lambda e: e.type == "progress" and e.data["step"] >= 3):
-        window.start()
-    window.curves.redraw()
-    window.grab().save(str(SCREENSHOTS / "3-training.png"))
-    with qtbot.waitSignal(window.sig_run_finished, timeout=ENGINE_TIMEOUT_MS):
-        pass
-    window.curves.redraw()
-    window.grab().save(str(SCREENSHOTS / "4-finished.png"))
-    sizes = [(SCREENSHOTS / f).stat().st_size for f in
-             ("1-empty.png", "2-dataset.png", "3-training.png", "4-finished.png")]
-    assert all(size > 10_000 for size in sizes)
 
 
 def test_startup_benchmark_measures_a_shown_window():
