@@ -76,6 +76,7 @@ def _step(record: dict, target: Path) -> None:
         axis.set(xscale="log", yscale="log", xlabel="q (directions)", ylabel="step ms (median)",
                  title=sweep["name"])
         axis.set_xticks(qs, [str(q) for q in qs])
+        axis.set_xticks([], minor=True)
         axis.grid(alpha=0.3)
         axis.legend(loc="upper left", fontsize=8)
         twin.legend(loc="lower right", fontsize=8)
