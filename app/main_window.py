@@ -40,10 +40,9 @@ from PySide6.QtWidgets import (
 )
 
 from app.dataset_preview import DatasetPreview, DropZone, dropped_path
-from app.device_panel import DevicePanel
+from app.device_panel import DevicePanel, model_config
 from app.engine_client import REPO_ROOT, EngineClient
 from app.json_tool import JsonTool
-from app.model_probe import ModelProbe, model_config, probe_summary
 from app.runs import list_runs, series_of
 from app.settings_form import SettingsForm
 from engine import config as config_io
@@ -51,7 +50,6 @@ from engine.errors import UserError
 
 # The Playground tab comes from its own module when that module is present.
 PLAYGROUND_AVAILABLE = importlib.util.find_spec("app.widgets.playground") is not None
-PROBE_DELAY_MS = 600  # typing a path: probe once the text has settled
 SETTINGS_SCHEMA = 1
 RECENT_MODELS = 8
 DEFAULT_RUNS_ROOT = REPO_ROOT / "runs"
@@ -117,10 +115,6 @@ class MainWindow(QMainWindow):
         self.run.sig_state_changed.connect(self._update_buttons)
         self._export_process: QProcess | None = None
         self._probed = ""
-        self.probe = ModelProbe(self)
-        self.probe.sig_probe_finished.connect(self._on_probe)
-        self._probe_timer = QTimer(self, singleShot=True, interval=PROBE_DELAY_MS)
-        self._probe_timer.timeout.connect(self._model_changed)
 
         # pyqtgraph (and numpy under it) take most of a cold start: the plots are built right
         # after the window is shown, or on first use, whichever comes first.
@@ -169,7 +163,6 @@ class MainWindow(QMainWindow):
         self.model_edit = ModelEdit()
         self.model_edit.sig_path_dropped.connect(self.probe_model)
         self.model_edit.editingFinished.connect(lambda: self.probe_model(self.model_edit.text()))
-        self.model_summary = QLabel("", wordWrap=True)
         self.model_probe = JsonTool("probe", self)
         self.model_probe.sig_answered.connect(self._show_probe)
         model_browse = QPushButton("Browse…")
@@ -180,7 +173,6 @@ class MainWindow(QMainWindow):
         self.recent_button.menu().aboutToShow.connect(self._fill_recent_menu)
         self.model_summary = QLabel("Pick a model: a folder, a .gguf file, a hub id or 'default'",
                                     wordWrap=True)
-        self.model_edit.textChanged.connect(lambda _: self._probe_timer.start())
         self.dataset_edit = QLineEdit(placeholderText="dataset file or folder")
         self.dataset_edit.editingFinished.connect(
             lambda: self.set_dataset(self.dataset_edit.text()) if self.dataset_edit.text() else None)
@@ -315,13 +307,21 @@ class MainWindow(QMainWindow):
     def probe_model(self, reference: str) -> None:
         """Describe the model (architecture, size, context) from a probe process."""
         reference = reference.strip()
-        if not reference or reference == self._probed:
+        if reference == self._probed:
             return
+        # A local folder's config.json gives the memory estimate at once; the probe adds the
+        # rest (and sizes .gguf files, hub ids and 'default').
+        self.device.set_model_config(model_config(reference))
+        self.refresh_estimate()
+        if not reference or self.run.state != "idle":
+            return  # during a run a probe would compete with training for the cores
         self._probed = reference
         self.model_summary.setText(f"{Path(reference).name}: reading the model…")
         self.model_probe.run(reference)
 
     def _show_probe(self, result: dict) -> None:
+        if result.get("reference", self._probed) != self._probed:
+            return  # an answer about a model the user has moved away from
         if "architecture" not in result:
             errors = result.get("errors") or [{"message": "the model could not be read"}]
             message = html.escape(str(errors[0].get("message")))
@@ -333,6 +333,10 @@ class MainWindow(QMainWindow):
             f"{result['architecture']} · {size} parameters · context {result.get('context_length')}"
             f" · {'chat template' if result.get('chat_template') else 'no chat template'}"
             f" · weights {result.get('stored_dtype')}")
+        self.device.set_model_config(model_config(result.get("folder", "")))
+        if result.get("profile"):
+            self.device.adopt_detected(str(result["profile"]))
+        self.refresh_estimate()
 
     def set_dataset(self, path: str) -> None:
         self.dataset_edit.setText(path)
@@ -396,27 +400,7 @@ class MainWindow(QMainWindow):
         menu = self.recent_button.menu()
         menu.clear()
         for model in self.recent_models() or ["default"]:
-            menu.addAction(model, lambda m=model: self.model_edit.setText(m))
-
-    def _model_changed(self) -> None:
-        reference = self.model_edit.text().strip()
-        # A local folder's config.json gives the estimate at once; the probe adds the rest.
-        self.device.set_model_config(model_config({"folder": reference}))
-        self.refresh_estimate()
-        if not reference or self.run.state != "idle":
-            return  # during a run a probe would compete with training for the cores
-        self.model_summary.setText(f"{reference}: probing…")
-        self.probe.probe(reference)
-
-    def _on_probe(self, reference: str, result: dict) -> None:
-        if reference != self.model_edit.text().strip():
-            return  # an answer about a model the user has moved away from
-        self.model_summary.setText(probe_summary(result))
-        if "error" not in result:
-            self.device.set_model_config(model_config(result))
-            if result.get("profile"):
-                self.device.adopt_detected(str(result["profile"]))
-            self.refresh_estimate()
+            menu.addAction(model, lambda m=model: (self.model_edit.setText(m), self.probe_model(m)))
 
     def refresh_estimate(self) -> None:
         """Recompute the memory bar for the settings as they are now."""
@@ -618,6 +602,7 @@ class MainWindow(QMainWindow):
         recent = self.recent_models()
         if recent:
             self.model_edit.setText(recent[0])
+            self.device.set_model_config(model_config(recent[0]))  # the probe waits for a request
         last = self.settings.value("last_dataset", "")
         if last and Path(last).exists():
             self.set_dataset(last)
@@ -644,8 +629,6 @@ class MainWindow(QMainWindow):
                 self._export_process.state() != QProcess.ProcessState.NotRunning:
             self._export_process.kill()
             self._export_process.waitForFinished(3000)
-        self._probe_timer.stop()
-        self.probe.kill()
         if self.playground is not None:
             self.playground.stop()
         self.settings.sync()

@@ -15,12 +15,13 @@ from PySide6.QtWidgets import QComboBox, QFormLayout, QLineEdit, QSpinBox, QWidg
 
 from engine.config import _CHOICES, TrainConfig, get_field
 
-# The fields shown, in order (dotted paths into TrainConfig).
+# The fields shown, in order (dotted paths into TrainConfig). Device, dtype and the memory
+# budget belong to the Device group (app.device_panel).
 FIELDS = (
     "task", "steps", "batch_size", "max_seq_len",
     "optimizer.name", "optimizer.q", "optimizer.mode", "optimizer.eps", "optimizer.lr",
     "lora.variant", "lora.rank", "lora.alpha",
-    "eval_every", "checkpoint_every", "seed", "threads", "memory_budget_gb",
+    "eval_every", "checkpoint_every", "seed", "threads",
     "label_words", "prompt_template",
 )
 

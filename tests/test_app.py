@@ -48,7 +48,6 @@ def make_window(qtbot, tmp_path):
         for tool in (window.preview.inspection, window.model_probe):
             if tool.is_running():
                 tool.wait(60_000)
-        window.probe.kill()  # a model probe is a cancellable job, not a leak
         running = _child_processes(window)
         window.shutdown()
         leaked = [" ".join([p.program(), *p.arguments()]) for p in running]

@@ -1,0 +1,200 @@
+"""The Device group: this machine, a device profile, the memory budget, and the estimated peak.
+
+The estimate is engine.estimate's arithmetic (torch-free) over the model's config.json, so the
+bar follows every settings change at once; it is the same function the engine's pre-flight
+check uses, so a run the bar shows as fitting is not refused by the engine for memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QProgressBar, QWidget
+
+from engine import profiles
+from engine.config import TrainConfig
+from engine.estimate import Shape, estimate, suggest
+
+GIB = 2**30
+BAR_STEPS = 1000  # the bar's resolution: 0.1 % of the budget
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the window can tell about this machine without importing torch."""
+
+    system: str
+    machine: str
+    cpu_cores: int
+    memory_bytes: int
+    accelerator: str  # "cuda" | "mps" | "" (a guess; the engine's probe has the final word)
+
+    def describe(self) -> str:
+        extra = {"cuda": " · NVIDIA GPU (nvidia-smi found)", "mps": " · Apple silicon GPU"}.get(
+            self.accelerator, "")
+        return (f"{self.system} {self.machine} · {self.cpu_cores} CPU cores · "
+                f"{self.memory_bytes / GIB:.1f} GiB RAM{extra}")
+
+
+def detect_hardware() -> Hardware:
+    system, machine = platform.system(), platform.machine()
+    if shutil.which("nvidia-smi"):
+        accelerator = "cuda"
+    elif system == "Darwin" and machine == "arm64":
+        accelerator = "mps"
+    else:
+        accelerator = ""
+    return Hardware(system, machine, psutil.cpu_count(logical=False) or os.cpu_count() or 1,
+                    psutil.virtual_memory().total, accelerator)
+
+
+def model_config(folder: str | Path) -> dict[str, Any] | None:
+    """A model folder's config.json (what the estimate needs); None when there is none."""
+    if not str(folder):
+        return None
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def resolved_dtype(profile: profiles.Profile) -> str:
+    """The dtype the engine will use under this profile (its `auto` rule, engine/device.py)."""
+    if profile.dtype != "auto":
+        return profile.dtype
+    return "bfloat16" if profile.device == "cuda" else "float32"
+
+
+class DevicePanel(QWidget):
+    """Profile and budget for the run; tells the window whether the estimate fits."""
+
+    sig_fit_changed = Signal(str)
+    """Why the run cannot start ("" when the estimate fits or is not known yet)."""
+    sig_device_changed = Signal()
+    """The profile or the budget changed: the estimate needs the current config again."""
+
+    def __init__(self, settings: QSettings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.settings = settings
+        self.hardware = detect_hardware()
+        self.profiles = profiles.load_all()
+        self.shape: Shape | None = None
+        self.blocking_reason = ""
+        self.estimate_bytes: int | None = None
+
+        self.hardware_label = QLabel(self.hardware.describe(), wordWrap=True)
+        self.profile_combo = QComboBox()
+        for key, profile in self.profiles.items():
+            self.profile_combo.addItem(profile.name, key)
+            self.profile_combo.setItemData(self.profile_combo.count() - 1, profile.description,
+                                           Qt.ItemDataRole.ToolTipRole)
+        self.budget = QDoubleSpinBox(minimum=0.25, maximum=4096.0, singleStep=0.5, decimals=2,
+                                     suffix=" GiB")
+        self.bar = QProgressBar(minimum=0, maximum=BAR_STEPS, textVisible=True)
+        self.bar.setFormat("estimate: pick a model")
+        self.reason = QLabel("", wordWrap=True)
+        layout = QFormLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addRow("This machine", self.hardware_label)
+        layout.addRow("Profile", self.profile_combo)
+        layout.addRow("Memory budget", self.budget)
+        layout.addRow("Estimated peak", self.bar)
+        layout.addRow(self.reason)
+
+        saved = self.settings.value("device/profile", "")
+        key = saved if saved in self.profiles else self._detected_key()
+        self.select_profile(key)
+        saved_budget = self.settings.value("device/budget_gb", None)
+        if saved_budget is not None and saved in self.profiles:
+            self.budget.setValue(float(saved_budget))
+        self.profile_combo.activated.connect(lambda _: self._profile_picked())
+        self.budget.valueChanged.connect(self._budget_changed)
+
+    def _budget_changed(self, value: float) -> None:
+        self.settings.setValue("device/profile", self.profile_combo.currentData())
+        self.settings.setValue("device/budget_gb", value)
+        self.sig_device_changed.emit()
+
+    def _detected_key(self) -> str:
+        wanted = self.hardware.accelerator or "cpu"
+        return next((k for k, p in self.profiles.items() if p.device == wanted),
+                    next(iter(self.profiles), ""))
+
+    @property
+    def profile(self) -> profiles.Profile | None:
+        return self.profiles.get(self.profile_combo.currentData())
+
+    def select_profile(self, key: str) -> None:
+        """Show `key`'s profile and take its budget (the user may then change the budget)."""
+        index = self.profile_combo.findData(key)
+        if index < 0:
+            return
+        self.profile_combo.setCurrentIndex(index)
+        self.budget.setValue(self.profiles[key].memory_budget_gb)
+
+    def _profile_picked(self) -> None:
+        self.select_profile(self.profile_combo.currentData())
+        self.settings.setValue("device/profile", self.profile_combo.currentData())
+        self.settings.setValue("device/budget_gb", self.budget.value())
+        self.sig_device_changed.emit()
+
+    def adopt_detected(self, key: str) -> None:
+        """The engine's own detection (from a probe), unless the user picked a profile."""
+        if not self.settings.value("device/profile", "") and key in self.profiles:
+            self.select_profile(key)
+
+    def set_model_config(self, config: dict[str, Any] | None) -> None:
+        """The model's config.json (None: unknown model, no estimate)."""
+        try:
+            self.shape = Shape.from_config(config) if config else None
+        except (KeyError, TypeError, ZeroDivisionError):
+            self.shape = None  # not a decoder config we can size; the engine still checks
+
+    def apply(self, config: TrainConfig) -> None:
+        """Put the profile's device and dtype and the budget into `config`."""
+        profile = self.profile
+        if profile is not None:
+            config.device, config.dtype = profile.device, profile.dtype
+        config.memory_budget_gb = round(self.budget.value(), 2)
+
+    def update_estimate(self, config: TrainConfig | None) -> None:
+        """Redraw the bar for `config` (None: the settings are invalid) and report the fit."""
+        budget_bytes = int(self.budget.value() * GIB)
+        profile = self.profile
+        if config is None or self.shape is None or profile is None:
+            self.estimate_bytes = None
+            self.bar.setValue(0)
+            self.bar.setFormat("estimate: pick a model" if self.shape is None else
+                               "estimate: fix the settings first")
+            self._set_reason("")
+            return
+        dtype = resolved_dtype(profile)
+        total = estimate(self.shape, config, dtype).total_bytes
+        self.estimate_bytes = total
+        self.bar.setValue(min(BAR_STEPS, round(BAR_STEPS * total / budget_bytes)))
+        self.bar.setFormat(f"{total / GIB:.2f} GiB of {self.budget.value():.2f} GiB budget")
+        fits = total <= budget_bytes
+        self.bar.setStyleSheet("" if fits else "QProgressBar::chunk { background: #c0392b; }")
+        if fits:
+            self._set_reason("")
+            return
+        options = suggest(self.shape, config, budget_bytes, dtype)
+        hint = (f"settings that fit: {', '.join(options)}" if options else
+                "no smaller q, batch or sequence length fits: pick a smaller model or raise the budget")
+        self._set_reason(f"Needs about {total / GIB:.2f} GiB, over the {self.budget.value():.2f} GiB "
+                         f"budget; {hint}.")
+
+    def _set_reason(self, reason: str) -> None:
+        self.reason.setText(f"<span style='color:#b00'>{reason}</span>" if reason else "")
+        if reason != self.blocking_reason:
+            self.blocking_reason = reason
+            self.sig_fit_changed.emit(reason)

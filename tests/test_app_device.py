@@ -1,0 +1,105 @@
+"""The window's model probe, device profile and memory bar, with real probe processes."""
+# ruff: noqa: F811  (test_app's make_window fixture is imported, then named by each test)
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from test_app import make_window  # noqa: E402, F401  (fresh settings; fails on leaked processes)
+
+from app.main_window import MainWindow  # noqa: E402
+
+PROBE_TIMEOUT_MS = 120_000
+
+
+def _enter_model(window: MainWindow, model: str) -> None:
+    """Type a model and press Enter, as a user does (the probe starts)."""
+    window.model_edit.setText(model)
+    window.model_edit.editingFinished.emit()
+
+
+def test_memory_bar_follows_settings_and_blocks_start(make_window, qtbot, tiny_model,
+                                                      classification_data):
+    window = make_window()
+    window.dataset_edit.setText(str(classification_data))
+    _enter_model(window, str(tiny_model))
+    window.model_probe.kill()  # a local folder's config.json is enough for the estimate
+    device = window.device
+    first = device.estimate_bytes
+    # The tiny model's weights are small: most of the estimate is the 400 MiB runtime.
+    assert 0.39 * 2**30 < first < 0.6 * 2**30
+    assert "GiB of 6.00 GiB budget" in device.bar.format() and window.start_button.isEnabled()
+
+    window.form.widgets["max_seq_len"].setValue(512)
+    window.form.widgets["batch_size"].setValue(16)
+    assert device.estimate_bytes > first  # the bar follows the form without a click
+
+    device.budget.setValue(0.8)
+    assert not window.start_button.isEnabled()
+    reason = window.start_button.toolTip()
+    assert "over the 0.80 GiB budget" in reason and "settings that fit:" in reason
+    assert reason in device.reason.text()
+    window.start()
+    assert window.run.state == "idle"  # the shortcut cannot bypass the disabled button
+    assert "over the 0.80 GiB budget" in window.status_line.text()
+
+    suggestion = reason.split("settings that fit: ")[1].split(",")[0]
+    field, value = suggestion.split("=")
+    widget = window.form.widgets[field]
+    widget.setCurrentText(value) if hasattr(widget, "setCurrentText") else widget.setValue(int(value))
+    assert device.blocking_reason == "" and window.start_button.isEnabled()
+    assert window.current_config().memory_budget_gb == 0.8
+
+
+def test_profile_picker_sets_device_and_is_remembered(make_window, qtbot, tiny_model,
+                                                      classification_data):
+    window = make_window()
+    window.dataset_edit.setText(str(classification_data))
+    _enter_model(window, str(tiny_model))
+    window.model_probe.kill()
+    cpu_estimate = window.device.estimate_bytes
+    combo = window.device.profile_combo
+    combo.setCurrentIndex(combo.findData("nvidia-cuda"))
+    combo.activated.emit(combo.currentIndex())
+    config = window.current_config()
+    assert (config.device, config.dtype, config.memory_budget_gb) == ("cuda", "bfloat16", 8.0)
+    assert window.device.estimate_bytes < cpu_estimate  # bf16 weights take half the bytes
+    window.device.budget.setValue(3.5)
+
+    again = make_window()
+    assert again.device.profile_combo.currentData() == "nvidia-cuda"
+    assert again.device.budget.value() == 3.5
+    assert "CPU cores" in again.device.hardware_label.text()
+
+
+def test_probe_summary_comes_from_the_engine(make_window, qtbot, tiny_model, tmp_path):
+    window = make_window()
+    with qtbot.waitSignal(window.model_probe.sig_answered, timeout=PROBE_TIMEOUT_MS) as probed:
+        _enter_model(window, str(tiny_model))
+    assert probed.args[0]["layers"] == 2 and probed.args[0]["profile"] == "laptop-cpu"
+    summary = window.model_summary.text()
+    assert "LlamaForCausalLM" in summary and "context 256" in summary
+    assert "GiB of 6.00 GiB budget" in window.device.bar.format()
+
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    with qtbot.waitSignal(window.model_probe.sig_answered, timeout=PROBE_TIMEOUT_MS):
+        _enter_model(window, str(empty))
+    assert "no config.json" in window.model_summary.text()
+    assert window.device.bar.format() == "estimate: pick a model"
+    assert window.start_button.isEnabled()  # no estimate: the engine's own check still applies
+
+
+def test_recent_models_menu(make_window, tiny_model):
+    window = make_window()
+    window._remember_model("default")
+    window._remember_model(str(tiny_model))
+    window._fill_recent_menu()
+    actions = window.recent_button.menu().actions()
+    assert [a.text() for a in actions] == [str(tiny_model), "default"]
+    actions[0].trigger()
+    assert window.model_edit.text() == str(tiny_model)
+    assert window.device.estimate_bytes is not None  # sized from its config.json at once
+    window.model_probe.kill()
