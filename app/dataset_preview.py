@@ -13,9 +13,19 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
-from PySide6.QtWidgets import QFrame, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QLabel,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.json_tool import JsonTool
+from engine.config import _CHOICES
 
 PREVIEW_ROWS = 20
 CELL_CHARS = 200
@@ -97,14 +107,25 @@ class DatasetPreview(QWidget):
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setMinimumHeight(120)
         self._path = Path()
+        self._options: list[str] = []
         self.inspection = JsonTool("inspect-dataset", self)
         self.inspection.sig_answered.connect(self._inspected)
+        # The engine reads columns by schema (text+label, prompt+completion, …); when detection
+        # guesses wrong, the user says which layout the columns follow (config field `schema`).
+        self.schema = QComboBox()
+        self.schema.addItems(list(_CHOICES["schema"]))
+        self.schema.setToolTip("What the columns hold: auto detects it; pick one when it guesses wrong")
+        self.schema.currentTextChanged.connect(lambda _: self.inspect())
+        mapping = QFormLayout()
+        mapping.addRow("Columns follow", self.schema)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(mapping)
         layout.addWidget(self.summary)
         layout.addWidget(self.table, 1)
 
-    def show_file(self, path: Path) -> None:
+    def show_file(self, path: Path, options: list[str] | None = None) -> None:
+        """Preview `path`; options: more inspect-dataset flags (--model, --max-seq-len, …)."""
         try:
             rows = read_rows(path) if path.is_file() else []
             note = "" if path.is_file() else "folder: the engine picks its train file"
@@ -123,9 +144,17 @@ class DatasetPreview(QWidget):
         self.table.resizeColumnsToContents()
         for column in range(self.table.columnCount()):  # long texts must not hide the label
             self.table.setColumnWidth(column, min(self.table.columnWidth(column), COLUMN_PX))
-        self.summary.setText(f"{path.name}: inspecting… {note}".strip())
         self._path = path
-        self.inspection.run(str(path))
+        self.inspect(options, note)
+
+    def inspect(self, options: list[str] | None = None, note: str = "") -> None:
+        """(Re)run the engine's inspection of the current file, e.g. once the model is known."""
+        if options is not None:
+            self._options = list(options)
+        if not self._path.name:
+            return
+        self.summary.setText(f"{self._path.name}: inspecting… {note}".strip())
+        self.inspection.run(str(self._path), "--schema", self.schema.currentText(), *self._options)
 
     def kill(self) -> None:
         self.inspection.kill()
@@ -157,6 +186,11 @@ def summary_html(path: Path, result: dict) -> str:
         example = preview[0]
         parts.append("example: <i>" + _escape(str(example.get("prompt", ""))[-160:]) + "</i>"
                      + " → <b>" + _escape(str(example.get("completion", ""))) + "</b>")
+    tokens = result.get("token_lengths")
+    if tokens:
+        parts.append(f"tokens per row: min {tokens['min']}, median {tokens['median']:g}, p95 "
+                     f"{tokens['p95']}, max {tokens['max']}; {tokens['truncated']} of "
+                     f"{result.get('sample_rows')} sampled rows over max_seq_len {tokens['max_seq_len']}")
     for error in result.get("errors") or []:
         parts.append(f"<span style='color:#b00'>{_escape(str(error.get('message')))}</span>")
     return "<br>".join(parts)

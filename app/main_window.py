@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import importlib.util
+import json
 import sys
 import time
 from pathlib import Path
@@ -115,6 +116,7 @@ class MainWindow(QMainWindow):
         self.run.sig_state_changed.connect(self._update_buttons)
         self._export_process: QProcess | None = None
         self._probed = ""
+        self._model_ready = False  # the probe read self._probed
 
         # pyqtgraph (and numpy under it) take most of a cold start: the plots are built right
         # after the window is shown, or on first use, whichever comes first.
@@ -316,6 +318,7 @@ class MainWindow(QMainWindow):
         if not reference or self.run.state != "idle":
             return  # during a run a probe would compete with training for the cores
         self._probed = reference
+        self._model_ready = False
         self.model_summary.setText(f"{Path(reference).name}: reading the model…")
         self.model_probe.run(reference)
 
@@ -333,6 +336,9 @@ class MainWindow(QMainWindow):
             f"{result['architecture']} · {size} parameters · context {result.get('context_length')}"
             f" · {'chat template' if result.get('chat_template') else 'no chat template'}"
             f" · weights {result.get('stored_dtype')}")
+        self._model_ready = True
+        if self.dataset_edit.text().strip():  # now with token counts and the chat template
+            self.preview.inspect(self._inspect_options())
         self.device.set_model_config(model_config(result.get("folder", "")))
         if result.get("profile"):
             self.device.adopt_detected(str(result["profile"]))
@@ -340,7 +346,20 @@ class MainWindow(QMainWindow):
 
     def set_dataset(self, path: str) -> None:
         self.dataset_edit.setText(path)
-        self.preview.show_file(Path(path))
+        self.preview.show_file(Path(path), self._inspect_options())
+
+    def _inspect_options(self) -> list[str]:
+        """inspect-dataset flags that make its example and token counts match this run."""
+        try:
+            config = self.form.config()
+        except ValueError:
+            config = config_io.TrainConfig()
+        options = ["--max-seq-len", str(config.max_seq_len), "--prompt-template", config.prompt_template]
+        if config.label_words:
+            options += ["--label-words", json.dumps(config.label_words)]
+        if self._model_ready:  # the tokenizer loads only for a model the probe could read
+            options += ["--model", self._probed]
+        return options
 
     def current_config(self) -> config_io.TrainConfig:
         """The exact config the engine will get; raises UserError naming a bad field."""
@@ -350,6 +369,7 @@ class MainWindow(QMainWindow):
             raise UserError(f"settings: {exc}") from None
         config.model = self.model_edit.text().strip()
         config.dataset = self.dataset_edit.text().strip()
+        config.schema = self.preview.schema.currentText()
         self.device.apply(config)
         return config_io.validate(config)
 
@@ -373,6 +393,9 @@ class MainWindow(QMainWindow):
         self.form.preset.setCurrentText("Custom")
         if config.memory_budget_gb:
             self.device.budget.setValue(config.memory_budget_gb)
+        self.preview.schema.blockSignals(True)  # set_dataset below inspects once, with it
+        self.preview.schema.setCurrentText(config.schema)
+        self.preview.schema.blockSignals(False)
         if config.model:
             self.model_edit.setText(config.model)
             self.probe_model(config.model)
