@@ -104,32 +104,55 @@ def copies(config: TrainConfig) -> int:
     return 1
 
 
-def estimate(shape: Shape, config: TrainConfig, dtype: str = "float32") -> Estimate:
+def forward_bytes(shape: Shape, rows: int, config: TrainConfig, size: int,
+                  scored_tokens: int | None = None) -> int:
+    """What one inference forward over `rows` rows holds at its peak: one layer's working set,
+    the attention scores and the logits of the kept columns."""
+    length = config.max_seq_len
+    attention = rows * shape.heads * length**2 * size
+    if config.task == "sft":
+        # Logits of the scored columns (+1 for the shift), the copy that reshaping the shifted
+        # view makes, and log-softmax's output: three (rows, columns, vocab) float32 tensors.
+        # Without the data's completion lengths, every column of the row may be scored.
+        logits = 3 * rows * (min(scored_tokens or length, length - 1) + 1) * shape.vocab * 4
+    else:
+        logits = rows * shape.vocab * 8
+    hidden_coef, mlp_coef = INFERENCE_PER_TOKEN
+    per_token = (hidden_coef * shape.hidden + mlp_coef * shape.intermediate) * size
+    return rows * length * per_token + 2 * attention + logits
+
+
+def estimate(shape: Shape, config: TrainConfig, dtype: str = "float32",
+             scored_tokens: int | None = None, eval_rows: int = 16) -> Estimate:
+    """Peak memory of a run. `config.task` must be resolved (auto counts as classification);
+    `scored_tokens` is the longest completion in tokens (SFT; None: max_seq_len); `eval_rows`
+    is the evaluation batch (engine.trainer.EVAL_BATCH_ROWS), whose pass can be the widest."""
     size = DTYPE_BYTES.get(dtype, 4)
     rows = copies(config) * config.batch_size
-    tokens = rows * config.max_seq_len
-    h, i = shape.hidden, shape.intermediate
-    attention = rows * shape.heads * config.max_seq_len**2 * size
-    logits = rows * config.max_seq_len * shape.vocab * 4 if config.task == "sft" else rows * shape.vocab * 8
-    hidden_coef, mlp_coef = INFERENCE_PER_TOKEN
-    activations = tokens * (hidden_coef * h + mlp_coef * i) * size + 2 * attention + logits
+    activations = forward_bytes(shape, rows, config, size, scored_tokens)
     lora = lora_parameters(shape, config)
     if config.optimizer.name == "fo":
         saved_h, saved_i = SAVED_PER_TOKEN
-        activations += shape.layers * (tokens * (saved_h * h + saved_i * i) * size + attention)
+        tokens = rows * config.max_seq_len
+        attention = rows * shape.heads * config.max_seq_len**2 * size
+        per_token = (saved_h * shape.hidden + saved_i * shape.intermediate) * size
+        activations += shape.layers * (tokens * per_token + attention)
         # weights copy, θ, gradient, two AdamW moments
         adapter, optimizer = 2 * lora * size, 3 * lora * 4
     else:
         # the copies, θ and one direction's z
         adapter, optimizer = (copies(config) + 2) * lora * size, 0
+    activations = max(activations, forward_bytes(shape, eval_rows, config, size, scored_tokens))
     return Estimate(RUNTIME_BYTES, shape.parameters() * size, adapter, activations, optimizer)
 
 
-def fits(shape: Shape, config: TrainConfig, budget_bytes: int, dtype: str = "float32") -> bool:
-    return estimate(shape, config, dtype).total_bytes <= budget_bytes
+def fits(shape: Shape, config: TrainConfig, budget_bytes: int, dtype: str = "float32",
+         scored_tokens: int | None = None) -> bool:
+    return estimate(shape, config, dtype, scored_tokens).total_bytes <= budget_bytes
 
 
-def suggest(shape: Shape, config: TrainConfig, budget_bytes: int, dtype: str = "float32") -> list[str]:
+def suggest(shape: Shape, config: TrainConfig, budget_bytes: int, dtype: str = "float32",
+            scored_tokens: int | None = None) -> list[str]:
     """Single changes (as key=value) that bring the estimate under the budget, cheapest first."""
     candidates: list[tuple[str, TrainConfig]] = []
     opt = config.optimizer
@@ -146,7 +169,7 @@ def suggest(shape: Shape, config: TrainConfig, budget_bytes: int, dtype: str = "
             candidates.append((f"max_seq_len={length}", _with(config, max_seq_len=length)))
     seen, result = set(), []
     for text, candidate in candidates:
-        if text not in seen and fits(shape, candidate, budget_bytes, dtype):
+        if text not in seen and fits(shape, candidate, budget_bytes, dtype, scored_tokens):
             seen.add(text)
             result.append(text)
     return result

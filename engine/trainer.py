@@ -7,6 +7,7 @@ exact loss sequence of an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -110,14 +111,20 @@ class Trainer:
 
     def _preflight_memory(self) -> None:
         """Show the estimate; refuse a run whose estimate exceeds the budget, naming what fits."""
-        cfg = self.config
+        cfg = dataclasses.replace(self.config, task=self.train_data.task)
         shape = Shape.from_config(self.model.config.to_dict())
         dtype = str(self.dtype).removeprefix("torch.")
-        predicted = estimate(shape, cfg, dtype)
+        scored = None
+        if cfg.task == "sft":
+            # The widest batch scores the longest completion and its EOS (cut as Objective.encode cuts).
+            texts = [e.completion for e in self.train_data.examples + self.eval_data.examples]
+            longest = max(len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"])
+            scored = min(longest + 1, cfg.max_seq_len - 1)
+        predicted = self.memory_estimate = estimate(shape, cfg, dtype, scored, EVAL_BATCH_ROWS)
         self.bus.log(predicted.describe())
         budget = int(cfg.memory_budget_gb * 2**30)
         if budget and predicted.total_bytes > budget:
-            options = suggest(shape, cfg, budget, dtype)
+            options = suggest(shape, cfg, budget, dtype, scored)
             hint = f"settings that fit: {', '.join(options)}" if options else \
                 "no smaller q, batch or sequence length fits: pick a smaller model or raise the budget"
             raise UserError(

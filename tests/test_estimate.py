@@ -1,0 +1,76 @@
+"""The memory estimate's task-dependent parts: SFT logits, the evaluation pass, the trainer's inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from engine import config as config_io
+from engine.estimate import Shape, estimate, forward_bytes, suggest
+
+SMOLLM2 = Shape(hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, head_dim=64,
+                vocab=49152, tied_embeddings=True)
+
+
+def settings(*overrides: str):
+    return config_io.load(None, ["model=m", "dataset=d", "max_seq_len=64", *overrides])
+
+
+def test_sft_logits_grow_with_the_scored_columns_and_are_capped_by_the_row_length():
+    sft = settings("task=sft")
+    short, longer = estimate(SMOLLM2, sft, scored_tokens=8), estimate(SMOLLM2, sft, scored_tokens=40)
+    unknown = estimate(SMOLLM2, sft)
+    assert short.total_bytes < longer.total_bytes < unknown.total_bytes
+    assert estimate(SMOLLM2, sft, scored_tokens=500).total_bytes == unknown.total_bytes
+    # Three float32 (rows, columns, vocab) tensors: 32 rows (prge dual q=4 b=4), 41 columns.
+    rows = 32
+    assert longer.activations_bytes - forward_bytes(SMOLLM2, rows, settings(), 4) == \
+        3 * rows * 41 * SMOLLM2.vocab * 4 - rows * SMOLLM2.vocab * 8
+    assert estimate(SMOLLM2, settings()).total_bytes < short.total_bytes
+
+
+def test_the_evaluation_pass_sets_the_activations_when_it_is_the_widest():
+    narrow = settings("optimizer.name=mezo", "batch_size=1")
+    assert estimate(SMOLLM2, narrow).activations_bytes == forward_bytes(SMOLLM2, 16, narrow, 4)
+    assert estimate(SMOLLM2, narrow, eval_rows=1).activations_bytes == forward_bytes(SMOLLM2, 1, narrow, 4)
+    wide = settings("optimizer.q=16", "batch_size=1")
+    assert estimate(SMOLLM2, wide).activations_bytes == forward_bytes(SMOLLM2, 32, wide, 4)
+
+
+def test_suggestions_for_sft_keep_the_scored_columns():
+    sft = settings("task=sft", "optimizer.q=8")
+    budget = estimate(SMOLLM2, dataclasses.replace(sft, batch_size=1), scored_tokens=20).total_bytes
+    options = suggest(SMOLLM2, sft, budget, scored_tokens=20)
+    assert options and "batch_size=1" in options
+    assert suggest(SMOLLM2, sft, budget) != options  # unknown lengths cost more, so fewer fit
+
+
+@pytest.fixture
+def wide_vocab_model(tmp_path_factory):
+    from conftest import make_tiny_llama
+
+    # A large vocabulary makes the logits visible next to the rest of the tiny model.
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "wide-vocab", vocab_size=32768)
+
+
+def test_trainer_estimates_the_task_it_detected_and_the_data_completions(wide_vocab_model, sft_data,
+                                                                         tmp_path):
+    from engine.events import EventBus
+    from engine.trainer import Trainer
+
+    cfg = config_io.load(None, [f"model={wide_vocab_model}", f"dataset={sft_data}", "task=auto",
+                                f"output_dir={tmp_path / 'run'}", "max_seq_len=48", "batch_size=2",
+                                "optimizer.q=2", "threads=1"])
+    trainer = Trainer(cfg, EventBus())
+    try:
+        trainer.setup(resume=False)
+    finally:
+        trainer.cleanup()
+    shape = Shape.from_config(trainer.model.config.to_dict())
+    sft = dataclasses.replace(cfg, task="sft")
+    made = trainer.memory_estimate.total_bytes
+    assert estimate(shape, cfg).total_bytes < made < estimate(shape, sft).total_bytes
+    completions = [e.completion for e in trainer.train_data.examples + trainer.eval_data.examples]
+    longest = max(len(trainer.tokenizer.encode(c, add_special_tokens=False)) for c in completions)
+    assert made == estimate(shape, sft, scored_tokens=longest + 1).total_bytes  # + EOS
