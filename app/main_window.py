@@ -10,12 +10,11 @@ from __future__ import annotations
 import html
 import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
 import yaml
-from PySide6.QtCore import QObject, QProcess, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QObject, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QDialog,
@@ -43,6 +42,7 @@ from PySide6.QtWidgets import (
 from app.dataset_preview import DatasetPreview, DropZone, dropped_path
 from app.device_panel import DevicePanel, model_config
 from app.engine_client import REPO_ROOT, EngineClient
+from app.export_panel import ExportPanel
 from app.json_tool import JsonTool
 from app.runs import list_runs, series_of
 from app.settings_form import SettingsForm
@@ -114,7 +114,6 @@ class MainWindow(QMainWindow):
         self.engine.sig_log_received.connect(self._on_engine_log)
         self.engine.sig_finished.connect(self._on_finished)
         self.run.sig_state_changed.connect(self._update_buttons)
-        self._export_process: QProcess | None = None
         self._probed = ""
         self._model_ready = False  # the probe read self._probed
 
@@ -134,7 +133,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.curves_tab, "Curves")
         self.tabs.addTab(self._build_runs_tab(), "Runs")
         self.tabs.addTab(self.log, "Log")
-        self.tabs.addTab(self._build_export_tab(), "Export")
+        self.export_panel = ExportPanel()
+        self.tabs.addTab(self.export_panel, "Export")
         if self.playground is not None:
             self.tabs.addTab(self.playground, "Playground")
 
@@ -268,27 +268,6 @@ class MainWindow(QMainWindow):
         layout = QVBoxLayout(tab)
         layout.addLayout(buttons)
         layout.addWidget(self.runs_list, 1)
-        return tab
-
-    def _build_export_tab(self) -> QWidget:
-        self.export_run = QLineEdit(placeholderText="run folder")
-        self.adapter_label = QLabel("PEFT adapter: (no finished run yet)", wordWrap=True)
-        self.adapter_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.export_output = QPlainTextEdit(readOnly=True)
-        self.export_buttons = []
-        buttons = QHBoxLayout()
-        for fmt, text in (("gguf", "Export GGUF (llama.cpp / Ollama)"),
-                          ("executorch", "Export ExecuTorch (.pte)")):
-            button = QPushButton(text)
-            button.clicked.connect(lambda _=False, f=fmt: self.export(f))
-            buttons.addWidget(button)
-            self.export_buttons.append(button)
-        tab = QWidget()
-        layout = QVBoxLayout(tab)
-        layout.addWidget(self.export_run)
-        layout.addWidget(self.adapter_label)
-        layout.addLayout(buttons)
-        layout.addWidget(self.export_output, 1)
         return tab
 
     # ---- inputs -----------------------------------------------------------------------
@@ -521,7 +500,7 @@ class MainWindow(QMainWindow):
             text = f"eval @ step {data.get('step')}: loss {data.get('loss', float('nan')):.4f}"
             self._append_log("info", text + (f", accuracy {accuracy:.1%}" if accuracy is not None else ""))
         elif event.type == "artifact" and data.get("kind") == "adapter":
-            self.adapter_label.setText(f"PEFT adapter: {data.get('path')}")
+            self.export_panel.set_run(Path(str(data.get("path"))).parent)
         elif event.type == "error":
             self._append_log("error", str(data.get("message")))
             self.status_line.setText(f"<span style='color:#b00'>{data.get('message')}</span>")
@@ -565,8 +544,7 @@ class MainWindow(QMainWindow):
         else:
             self.status_line.setText(text)
         if status == "completed" and self.run.output_dir is not None:
-            self.export_run.setText(str(self.run.output_dir))
-            self.adapter_label.setText(f"PEFT adapter: {self.run.output_dir / 'adapter'}")
+            self.export_panel.set_run(self.run.output_dir)
             if self.playground is not None:
                 self.playground.set_run(self.run.output_dir)
         self.curves.redraw()
@@ -591,29 +569,10 @@ class MainWindow(QMainWindow):
             return
         folders = [Path(item.data(Qt.ItemDataRole.UserRole)) for item in items]
         self.curves.show_runs([series_of(folder) for folder in folders])
-        self.export_run.setText(str(folders[0]))
-        self.adapter_label.setText(f"PEFT adapter: {folders[0] / 'adapter'}")
+        self.export_panel.set_run(folders[0])
         if self.playground is not None:
             self.playground.set_run(folders[0])
         self.tabs.setCurrentWidget(self.curves_tab)
-
-    # ---- export -----------------------------------------------------------------------
-    def export(self, fmt: str) -> None:
-        run_dir = self.export_run.text().strip()
-        if not run_dir or (self._export_process and
-                           self._export_process.state() != QProcess.ProcessState.NotRunning):
-            return
-        process = QProcess(self)
-        process.setWorkingDirectory(str(REPO_ROOT))
-        process.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
-        process.readyReadStandardOutput.connect(
-            lambda: self.export_output.appendPlainText(
-                bytes(process.readAllStandardOutput()).decode("utf-8", errors="replace").rstrip()))
-        process.finished.connect(
-            lambda code, _s: self.export_output.appendPlainText(f"— export {fmt} exited with {code}"))
-        self._export_process = process
-        self.export_output.appendPlainText(f"$ python -m engine export {run_dir} --format {fmt}")
-        process.start(sys.executable, ["-m", "engine", "export", run_dir, "--format", fmt])
 
     # ---- settings ---------------------------------------------------------------------
     def _check_settings_schema(self) -> None:
@@ -648,10 +607,7 @@ class MainWindow(QMainWindow):
         self.engine.kill()
         self.preview.kill()
         self.model_probe.kill()
-        if self._export_process is not None and \
-                self._export_process.state() != QProcess.ProcessState.NotRunning:
-            self._export_process.kill()
-            self._export_process.waitForFinished(3000)
+        self.export_panel.kill()
         if self.playground is not None:
             self.playground.stop()
         self.settings.sync()

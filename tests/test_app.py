@@ -140,7 +140,7 @@ def test_end_to_end_training_from_the_window(make_window, qtbot, tiny_model, cla
     output_dir = window.run.output_dir
     assert (output_dir / "adapter" / "adapter_config.json").is_file()
     assert window.progress.value() == 4 and window.start_button.isEnabled()
-    assert str(output_dir / "adapter") in window.adapter_label.text()
+    assert str(output_dir / "adapter") in window.export_panel.adapter_label.text()
     runs = list_runs(window.runs_root)
     assert [r.path for r in runs] == [output_dir] and runs[0].status == "completed"
     assert window.runs_list.count() == 1
