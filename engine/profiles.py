@@ -28,12 +28,27 @@ class Profile:
 def load_all(directory: Path = PROFILE_DIR) -> dict[str, Profile]:
     profiles = {}
     for path in sorted(directory.glob("*.yaml")):
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        try:
-            profiles[path.stem] = Profile(key=path.stem, **values)
-        except TypeError as exc:
-            raise UserError(f"profile {path}: {exc}") from None
+        profiles[path.stem] = _read(path)
     return profiles
+
+
+def _read(path: Path) -> Profile:
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"profile {path} is not valid YAML: {exc}") from None
+    fields = [f for f in dataclasses.fields(Profile) if f.name != "key"]
+    required = {f.name for f in fields if f.default is dataclasses.MISSING}
+    if not isinstance(values, dict) or set(values) - {f.name for f in fields} or required - set(values):
+        raise UserError(f"profile {path}: expected the fields {', '.join(f.name for f in fields)} "
+                        "(all but description required)")
+    # The same choices and ranges as a run config, reported against the profile file.
+    try:
+        validate(TrainConfig(model="-", dataset="-", device=values["device"], dtype=values["dtype"],
+                             threads=values["threads"], memory_budget_gb=values["memory_budget_gb"]))
+    except UserError as exc:
+        raise UserError(f"profile {path}: {exc}") from None
+    return Profile(key=path.stem, **values)
 
 
 def detect(available: list[str], directory: Path = PROFILE_DIR) -> Profile:
