@@ -116,6 +116,7 @@ class MainWindow(QMainWindow):
         self.run.sig_state_changed.connect(self._update_buttons)
         self._probed = ""
         self._model_ready = False  # the probe read self._probed
+        self._model_folder = ""  # where the probe found it (a .gguf is converted to a folder)
 
         # pyqtgraph (and numpy under it) take most of a cold start: the plots are built right
         # after the window is shown, or on first use, whichever comes first.
@@ -165,6 +166,9 @@ class MainWindow(QMainWindow):
         self.model_edit = ModelEdit()
         self.model_edit.sig_path_dropped.connect(self.probe_model)
         self.model_edit.editingFinished.connect(lambda: self.probe_model(self.model_edit.text()))
+        # Sizing a local folder is one small file read: the bar follows the text as it is typed;
+        # the probe (on Enter, drop, browse) adds the rest and sizes .gguf files and hub ids.
+        self.model_edit.textChanged.connect(self._size_local_model)
         self.model_probe = JsonTool("probe", self)
         self.model_probe.sig_answered.connect(self._show_probe)
         model_browse = QPushButton("Browse…")
@@ -290,16 +294,18 @@ class MainWindow(QMainWindow):
         reference = reference.strip()
         if reference == self._probed:
             return
-        # A local folder's config.json gives the memory estimate at once; the probe adds the
-        # rest (and sizes .gguf files, hub ids and 'default').
-        self.device.set_model_config(model_config(reference))
-        self.refresh_estimate()
         if not reference or self.run.state != "idle":
             return  # during a run a probe would compete with training for the cores
         self._probed = reference
         self._model_ready = False
         self.model_summary.setText(f"{Path(reference).name}: reading the model…")
         self.model_probe.run(reference)
+
+    def _size_local_model(self, text: str) -> None:
+        reference = text.strip()
+        probed = self._model_ready and reference == self._probed
+        self.device.set_model_config(model_config(self._model_folder if probed else reference))
+        self.refresh_estimate()
 
     def _show_probe(self, result: dict) -> None:
         if result.get("reference", self._probed) != self._probed:
@@ -315,10 +321,10 @@ class MainWindow(QMainWindow):
             f"{result['architecture']} · {size} parameters · context {result.get('context_length')}"
             f" · {'chat template' if result.get('chat_template') else 'no chat template'}"
             f" · weights {result.get('stored_dtype')}")
-        self._model_ready = True
+        self._model_ready, self._model_folder = True, str(result.get("folder", ""))
         if self.dataset_edit.text().strip():  # now with token counts and the chat template
             self.preview.inspect(self._inspect_options())
-        self.device.set_model_config(model_config(result.get("folder", "")))
+        self.device.set_model_config(model_config(self._model_folder))
         if result.get("profile"):
             self.device.adopt_detected(str(result["profile"]))
         self.refresh_estimate()
@@ -583,8 +589,7 @@ class MainWindow(QMainWindow):
     def _restore_settings(self) -> None:
         recent = self.recent_models()
         if recent:
-            self.model_edit.setText(recent[0])
-            self.device.set_model_config(model_config(recent[0]))  # the probe waits for a request
+            self.model_edit.setText(recent[0])  # sized at once; the probe waits for a request
         last = self.settings.value("last_dataset", "")
         if last and Path(last).exists():
             self.set_dataset(last)

@@ -58,12 +58,12 @@ def save(
     root: Path, step: int, state: dict[str, torch.Tensor], config_fingerprint: str, keep: int
 ) -> Path:
     """Write a checkpoint for `step` atomically; prune all but the newest `keep` good ones."""
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     partial = root / f".{final.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        partial.mkdir()
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         save_file(tensors, str(partial / STATE_FILE))
         manifest = {
@@ -82,11 +82,12 @@ def save(
             shutil.rmtree(final)
         partial.rename(final)
         _fsync_dir(root)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as its own error
         shutil.rmtree(partial, ignore_errors=True)
+        reason = getattr(exc, "strerror", None) or exc
         raise UserError(
-            f"cannot write checkpoint {final}: {exc.strerror or exc}; free disk space or pick a "
-            "writable output_dir (the previous checkpoint is intact)"
+            f"cannot write checkpoint {final}: {reason}; free disk space or pick a writable "
+            "output_dir (the previous checkpoint is intact)"
         ) from exc
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -119,7 +120,7 @@ def load_latest(root: Path, warn=log.warning) -> Checkpoint | None:
     for path in candidates:
         problem = verify(path)
         if problem:
-            damaged.append(path.name)
+            damaged.append(f"{path.name}: {problem}")
             warn(f"checkpoint {path} is damaged ({problem}); trying the previous one")
             continue
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))

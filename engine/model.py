@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from platformdirs import user_cache_dir
+from safetensors import SafetensorError
 
 from engine.errors import UserError
 
@@ -218,9 +219,17 @@ def load(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = local_folder(reference)
+    config_file = folder / "config.json"
+    try:
+        hf_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = (f"line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError)
+                 else "not UTF-8 text")
+        raise UserError(f"model {config_file} is not valid JSON ({where}): cannot load it; "
+                        "restore the file from the model's source") from None
     if trust_remote_code:
         log.warning("trust_remote_code is on: Python code from %s will run", folder)
-    elif "auto_map" in json.loads((folder / "config.json").read_text(encoding="utf-8")):
+    elif "auto_map" in hf_config:
         raise UserError(
             f"model {folder} ships its own Python code (auto_map in config.json), which runs only "
             'with config field "trust_remote_code" set to true; set it only if you trust the source'
@@ -230,8 +239,9 @@ def load(
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None
         )
-    except (OSError, ValueError) as exc:
-        raise UserError(f"model {folder}: cannot load ({str(exc)[:300]})") from exc
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise UserError(f"model {folder}: cannot load ({str(exc)[:300]}); a truncated or damaged "
+                        "weights file is the usual cause: copy or download it again") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()

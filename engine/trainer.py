@@ -28,7 +28,7 @@ from engine.config import TrainConfig
 from engine.data import Dataset, find_eval_file, load_dataset, split
 from engine.errors import UserError
 from engine.estimate import Shape, estimate, suggest
-from engine.events import EventBus, MetricsFileSink, truncate_history
+from engine.events import EventBus, MetricsFileSink, read_history, truncate_history
 from engine.objective import Objective
 from engine.optim import build as build_optimizer
 from engine.optim import copies_needed
@@ -62,6 +62,9 @@ def config_fingerprint(config: TrainConfig) -> str:
     for free in ("steps", "eval_every", "checkpoint_every", "keep_checkpoints", "output_dir",
                  "memory_budget_gb", "threads", "eval_rows"):
         values.pop(free)
+    # A run that diverged resumes from its last good checkpoint with a lower lr or eps.
+    for free in ("lr", "eps"):
+        values["optimizer"].pop(free)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -73,6 +76,7 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.start_step = 0
         self.eval_before: dict | None = None
+        self.final_eval: dict | None = None
 
     # ---- setup -------------------------------------------------------------------------
     def setup(self, resume: bool) -> None:
@@ -145,16 +149,21 @@ class Trainer:
         try:
             out.mkdir(parents=True, exist_ok=True)
             if resume:
-                saved = config_io.load(out / "config.yaml")
+                try:
+                    saved = config_io.load(out / "config.yaml")
+                except UserError as exc:
+                    raise UserError(f"--resume: {out / 'config.yaml'} cannot be read ({exc}); was "
+                                    "the run started by a newer EdgeTune?") from None
                 if config_fingerprint(saved) != config_fingerprint(self.config):
                     raise UserError(
                         f"--resume: the config differs from the one {out} was started with (only "
-                        "steps, eval/checkpoint intervals, threads and the memory budget may "
-                        f"change); see {out / 'config.yaml'}"
+                        "steps, eval/checkpoint intervals, threads, the memory budget and "
+                        f"optimizer.lr/eps may change); see {out / 'config.yaml'}"
                     )
             config_io.save(self.config, out / "config.yaml")
-        except PermissionError as exc:
-            raise UserError(f"output_dir {out} is not writable ({exc.strerror}); pick another") from exc
+        except OSError as exc:
+            raise UserError(f"output_dir {out} cannot hold a run ({exc.strerror}); pick another "
+                            "folder") from exc
 
     def _load_data(self) -> tuple[Dataset, Dataset]:
         cfg = self.config
@@ -193,7 +202,14 @@ class Trainer:
             raise UserError(f"--resume: checkpoint {found.path} belongs to a different config")
         self.optimizer.load_state_dict(found.state)
         self.start_step = found.step
-        truncate_history(self.output_dir / "metrics.jsonl", found.step)
+        history = self.output_dir / "metrics.jsonl"
+        truncate_history(history, found.step)
+        if found.step >= self.config.steps and history.exists():
+            # Killed after the final checkpoint: its evaluation is in the history already, and
+            # running it again would record it twice.
+            self.final_eval = next(({k: r[k] for k in ("step", "loss", "accuracy", "rows")}
+                                    for r in read_history(history)
+                                    if r["type"] == "eval" and r["step"] == found.step), None)
         self.bus.log(f"resumed from {found.path} at step {found.step}")
 
     # ---- batches -----------------------------------------------------------------------
@@ -253,7 +269,7 @@ class Trainer:
                 return RunResult("stopped", step, self.eval_before, None, None)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 self.save_checkpoint(step)
-        eval_after = self.evaluate(step)
+        eval_after = self.final_eval or self.evaluate(step)
         self.save_checkpoint(step)
         adapter_dir = self.save_adapter()
         return RunResult("completed", step, self.eval_before, eval_after, adapter_dir)

@@ -94,6 +94,10 @@ def test_probe_summary_comes_from_the_engine(make_window, qtbot, tiny_model, tmp
 
 def test_recent_models_menu(make_window, tiny_model):
     window = make_window()
+    window.model_edit.setText(str(tiny_model))  # typed, Enter not pressed yet
+    assert window.device.estimate_bytes is not None and window.model_probe.is_running() is False
+    window.model_edit.setText("")
+    assert window.device.estimate_bytes is None
     window._remember_model("default")
     window._remember_model(str(tiny_model))
     window._fill_recent_menu()
@@ -102,4 +106,5 @@ def test_recent_models_menu(make_window, tiny_model):
     actions[0].trigger()
     assert window.model_edit.text() == str(tiny_model)
     assert window.device.estimate_bytes is not None  # sized from its config.json at once
+    assert window.model_probe.is_running()  # picking from the menu is a request: probe
     window.model_probe.kill()

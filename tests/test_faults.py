@@ -1,0 +1,491 @@
+"""Faults a laptop run meets: kill -9, torn checkpoints, a full or read-only disk, the memory
+guard, stop at awkward moments, a diverging loss, an engine that floods the window, and the
+safe defaults (no pickle, no shell, no remote code unless asked). Real processes, real files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import fault_trials
+import pytest
+import torch
+
+from engine import checkpoint
+from engine.errors import UserError
+from engine.events import EventBus, read_history
+from engine.protocol import decode
+from engine.trainer import NonFiniteLoss, Trainer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def emit(self, type, data):
+        self.events.append((type, dict(data)))
+
+    def of(self, type):
+        return [d for t, d in self.events if t == type]
+
+    def warnings(self):
+        return [d["message"] for d in self.of("log") if d["level"] == "warning"]
+
+
+def _train(cfg, resume=False, sinks=()):
+    recorder = Recorder()
+    trainer = Trainer(cfg, EventBus([recorder, *sinks]))
+    try:
+        trainer.setup(resume=resume)
+        return trainer.train(), recorder
+    finally:
+        trainer.cleanup()
+
+
+def _losses(output_dir: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_history(output_dir / "metrics.jsonl")
+            if r["type"] == "metrics"]
+
+
+def _engine(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, "-m", "engine", "run", *args, "--protocol"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO)
+
+
+# ---- kill -9 --------------------------------------------------------------------------------
+
+def test_kill_9_at_random_points_then_resume_is_bit_identical(tiny_model, classification_data,
+                                                              tmp_path):
+    """Two seeded trials of tests/fault_trials.py (the script runs ten; docs/reliability.md)."""
+    ref = fault_trials.reference_run(tiny_model, classification_data, tmp_path / "reference")
+    assert [t[1] for t in ref.trajectory if t[0] == "metrics"] == list(range(1, 13))
+    for seed in (0, 1):
+        result = fault_trials.trial(seed, tiny_model, classification_data, tmp_path / f"t{seed}",
+                                    ref, resume_in_process=True)
+        assert result.resumed_from_step > 0, result
+        assert result.identical, result
+
+
+def test_kill_before_the_first_checkpoint_says_so(tiny_config, tmp_path):
+    cfg = tiny_config("steps=50", "checkpoint_every=40", "eval_every=0")
+    proc = _engine(fault_trials_overrides(cfg))
+    for line in proc.stdout:
+        if decode(line).type == "metrics":
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    with pytest.raises(UserError, match="has no checkpoint yet.*without --resume"):
+        _train(cfg, resume=True)
+    assert (Path(cfg.output_dir) / "config.yaml").is_file()  # nothing was deleted
+
+
+def fault_trials_overrides(cfg) -> list[str]:
+    from engine import config as config_io
+
+    flat = []
+    for key, value in config_io.to_dict(cfg).items():
+        if isinstance(value, dict):
+            flat += [f"{key}.{k}={json.dumps(v)}" for k, v in value.items()]
+        else:
+            flat.append(f"{key}={json.dumps(value)}")
+    return flat
+
+
+# ---- torn and corrupt checkpoints -----------------------------------------------------------
+
+def _truncate(path: Path) -> None:
+    data = (path / "state.safetensors").read_bytes()
+    (path / "state.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def _flip_bytes(path: Path) -> None:
+    file = path / "state.safetensors"
+    data = bytearray(file.read_bytes())
+    data[-100:-90] = bytes(b ^ 0xFF for b in data[-100:-90])
+    file.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated": (_truncate, "does not match its checksum"),
+    "bad bytes": (_flip_bytes, "does not match its checksum"),
+    "state file missing": (lambda p: (p / "state.safetensors").unlink(), "state.safetensors missing"),
+    "manifest missing": (lambda p: (p / "manifest.json").unlink(), "manifest.json missing"),
+    "manifest garbage": (lambda p: (p / "manifest.json").write_text("{\x00"), "manifest.json unreadable"),
+}
+
+
+@pytest.fixture(scope="module")
+def three_checkpoints(tmp_path_factory, tiny_model, classification_data):
+    """A run with checkpoints at steps 2, 4 and 6, and the losses of the same run to step 8."""
+    from engine import config as config_io
+
+    root = tmp_path_factory.mktemp("torn")
+
+    def config(output_dir, *extra):
+        return config_io.load(None, [
+            f"model={tiny_model}", f"dataset={classification_data}", "task=classification",
+            "label_words=[' terrible', ' great']", f"output_dir={output_dir}", "batch_size=2",
+            "max_seq_len=48", "eval_every=0", "eval_rows=16", "checkpoint_every=2",
+            "keep_checkpoints=3", "threads=1", "optimizer.q=2", "optimizer.lr=0.05",
+            "lora.rank=4", *extra])
+
+    _train(config(root / "run", "steps=6"))
+    _train(config(root / "straight", "steps=8"))
+    return root, config, _losses(root / "straight")
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(
+        three_checkpoints, tmp_path, damage):
+    root, config, expected = three_checkpoints
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    spoil, problem = DAMAGE[damage]
+    spoil(run / "checkpoints" / "step-00000006")
+    result, recorder = _train(config(run, "steps=8"), resume=True)
+    warnings = recorder.warnings()
+    assert any("step-00000006" in w and problem in w for w in warnings), warnings
+    resumed = [d["message"] for d in recorder.of("log") if d["message"].startswith("resumed")]
+    assert resumed and resumed[0].endswith("step-00000004 at step 4")
+    assert result.status == "completed" and result.step == 8
+    assert _losses(run) == expected  # steps 5-8 replayed exactly, 1-4 kept from before
+
+
+def test_every_checkpoint_damaged_is_a_clear_error_not_a_silent_restart(three_checkpoints,
+                                                                        tmp_path):
+    root, config, _ = three_checkpoints
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    for path, (spoil, _) in zip(sorted((run / "checkpoints").glob("step-*")),
+                                list(DAMAGE.values()), strict=False):
+        spoil(path)
+    before = sorted(p.name for p in run.rglob("*"))
+    with pytest.raises(UserError, match="every checkpoint .* is damaged.*step-00000002: "):
+        _train(config(run, "steps=8"), resume=True)
+    assert sorted(p.name for p in run.rglob("*")) == before  # nothing deleted or started anew
+    assert [s for s, _ in _losses(run)] == list(range(1, 7))
+
+
+# ---- disk full, read-only folder ------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (root only); skipped where mounting is not allowed."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+class AfterFirstCheckpoint:
+    """Runs `action` once, right after the first checkpoint is written."""
+
+    def __init__(self, action):
+        self.action, self.fired = action, False
+
+    def emit(self, type, data):
+        if type == "checkpoint" and not self.fired:
+            self.fired = True
+            self.action(Path(data["path"]))
+
+
+def _fill_disk(checkpoint_path: Path) -> None:
+    # Fill the filesystem, then hand back less room than one checkpoint needs but enough for the
+    # metrics lines still to come: the next checkpoint write is the one that meets a full disk.
+    size = (checkpoint_path / "state.safetensors").stat().st_size
+    filler = checkpoint_path.parent.parent / "filler.bin"
+    with filler.open("wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    with filler.open("r+b") as handle:
+        handle.truncate(filler.stat().st_size - size // 2)
+    assert size // 2 >= 32 * 1024
+
+
+def _read_only(checkpoint_path: Path) -> None:
+    folder = checkpoint_path.parent
+    subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("fault", ["disk full", "read-only checkpoints folder"])
+def test_disk_full_or_read_only_while_checkpointing(small_disk, tiny_config, fault):
+    out = small_disk / "run"
+    cfg = tiny_config(f"output_dir={out}", "steps=6", "checkpoint_every=2", "eval_every=0",
+                      "lora.rank=16")
+    sink = AfterFirstCheckpoint(_fill_disk if fault == "disk full" else _read_only)
+    try:
+        with pytest.raises(UserError) as raised:
+            _train(cfg, sinks=[sink])
+    finally:
+        if fault != "disk full":
+            subprocess.run(["umount", str(out / "checkpoints")], check=False)
+    message = str(raised.value)
+    assert "cannot write checkpoint" in message and "step-00000004" in message
+    assert "free disk space or pick a writable output_dir" in message
+    assert "previous checkpoint is intact" in message
+    first = out / "checkpoints" / "step-00000002"
+    assert checkpoint.verify(first) is None
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
+    assert checkpoint.load_latest(out / "checkpoints").step == 2
+
+
+# ---- memory budget --------------------------------------------------------------------------
+
+def test_memory_guard_checkpoints_and_names_the_settings_to_lower(tiny_config, tmp_path):
+    """RSS crosses the budget after the pre-flight estimate passed: the estimate leaves out the
+    dataset, and 110 MB of rows held in memory push the process past 0.55 GiB."""
+    big = tmp_path / "big.jsonl"
+    rows = [json.dumps({"text": f"row {i} " + "it was fine " * 400, "label": i % 2})
+            for i in range(25_000)]
+    big.write_text("\n".join(rows) + "\n")
+    cfg = tiny_config(f"dataset={big}", "steps=3", "eval_rows=8", "eval_every=0",
+                      "checkpoint_every=0", "memory_budget_gb=0.55")
+    proc = _engine(fault_trials_overrides(cfg))
+    out, err = proc.communicate(timeout=300)
+    events = [decode(line) for line in out.splitlines()]
+    assert proc.returncode == 2, err[-2000:]
+    error = next(e.data for e in events if e.type == "error")
+    assert error["kind"] == "user"
+    assert "crossed memory_budget_gb" in error["message"] and "checkpoint was written" in error["message"]
+    for setting in ("batch_size", "optimizer.q", "max_seq_len"):
+        assert setting in error["message"]
+    assert "estimated peak memory" in " ".join(e.data.get("message", "") for e in events)
+    saved = [e.data for e in events if e.type == "checkpoint"]
+    assert saved and saved[0]["step"] == 1
+    assert checkpoint.verify(Path(saved[0]["path"])) is None
+    assert events[-1].type == "done" and events[-1].data["status"] == "failed"
+    assert "Traceback" not in out + err
+    result, _ = _train(tiny_config(f"dataset={big}", "steps=3", "eval_rows=8", "eval_every=0",
+                                   "checkpoint_every=0", "memory_budget_gb=0"), resume=True)
+    assert result.status == "completed"
+
+
+# ---- stop at awkward moments ----------------------------------------------------------------
+
+@pytest.mark.parametrize("state", ["evaluating", "checkpointing"])
+def test_stop_during_an_eval_or_a_checkpoint_write_ends_cleanly(tiny_config, tmp_path, state):
+    cfg = tiny_config("steps=200", "eval_every=4", "checkpoint_every=4", "eval_rows=64",
+                      f"output_dir={tmp_path / 'run'}")
+    proc = _engine(fault_trials_overrides(cfg))
+    events, sent_at = [], None
+    for line in proc.stdout:
+        event = decode(line)
+        events.append(event)
+        if (sent_at is None and event.type == "status" and event.data["state"] == state
+                and "step 0" not in event.data["message"]):
+            proc.stdin.write("stop\n")
+            proc.stdin.flush()
+            sent_at = event.data["message"]
+    proc.wait(timeout=120)
+    assert sent_at, f"no {state} status seen"
+    assert proc.returncode == 0 and events[-1].type == "done"
+    assert events[-1].data["status"] == "stopped"
+    stopped_at = max(e.data["step"] for e in events if e.type == "metrics")
+    assert stopped_at <= int(re.search(r"step (\d+)", sent_at).group(1)) + 1
+    last = [e.data for e in events if e.type == "checkpoint"][-1]
+    assert last["step"] == stopped_at and checkpoint.verify(Path(last["path"])) is None
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*partial"))
+    # Resumable, and the resumed steps are those of an uninterrupted run.
+    more = stopped_at + 2
+    result, _ = _train(tiny_config("steps=200", "eval_every=4", "checkpoint_every=4",
+                                   "eval_rows=64", f"output_dir={tmp_path / 'run'}",
+                                   f"steps={more}"), resume=True)
+    assert result.status == "completed"
+    _train(tiny_config("eval_every=4", "checkpoint_every=4", "eval_rows=64",
+                       f"output_dir={tmp_path / 'straight'}", f"steps={more}"))
+    assert _losses(tmp_path / "run") == _losses(tmp_path / "straight")
+
+
+# ---- a loss that turns non-finite -----------------------------------------------------------
+
+def test_non_finite_loss_is_reported_and_the_last_good_checkpoint_kept(tmp_path,
+                                                                       classification_data):
+    """One training row holds a token whose embedding is infinite: the step that first meets it
+    turns the loss NaN. Earlier steps and their checkpoints stay good, and fixing the row lets
+    the run resume from the last one with a lower lr."""
+    from conftest import make_tiny_llama
+    from safetensors.torch import load_file, save_file
+
+    from engine import config as config_io
+
+    model = make_tiny_llama(tmp_path / "model", tie_word_embeddings=False)
+    from transformers import AutoTokenizer
+
+    poison = AutoTokenizer.from_pretrained(str(model))("\u03a9", add_special_tokens=False)["input_ids"]
+    weights = load_file(str(model / "model.safetensors"))
+    weights["model.embed_tokens.weight"][poison] = float("inf")
+    save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
+
+    rows = [json.loads(line) for line in classification_data.read_text().splitlines()]
+    train, held_out = rows[:40], rows[40:60]
+    # The seeded epoch order puts this row in the batch of step 4 (rows 6-7 of the order).
+    order = list(range(len(train)))
+    random.Random("0:epoch:0").shuffle(order)
+    bad_row = order[6]
+    train[bad_row] = {"text": "\u03a9 " + train[bad_row]["text"], "label": train[bad_row]["label"]}
+    data, eval_data = tmp_path / "train.jsonl", tmp_path / "held-out.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in train))
+    eval_data.write_text("".join(json.dumps(r) + "\n" for r in held_out))
+
+    def config(*extra):
+        return config_io.load(None, [
+            f"model={model}", f"dataset={data}", f"eval_dataset={eval_data}",
+            "task=classification", "label_words=[' terrible', ' great']",
+            f"output_dir={tmp_path / 'run'}", "steps=8", "batch_size=2", "max_seq_len=48",
+            "eval_every=0", "eval_rows=16", "checkpoint_every=1", "keep_checkpoints=2",
+            "threads=1", "optimizer.q=2", "optimizer.lr=0.05", "lora.rank=4", *extra])
+
+    with pytest.raises(NonFiniteLoss, match="non-finite at step 4; lower optimizer.lr") as raised:
+        _train(config())
+    assert "last good checkpoint is kept" in str(raised.value)
+    run = tmp_path / "run"
+    assert [s for s, _ in _losses(run)] == [1, 2, 3]
+    good = checkpoint.load_latest(run / "checkpoints")
+    assert good.step == 3 and all(torch.isfinite(t).all() for t in good.state.values())
+
+    train[bad_row]["text"] = train[bad_row]["text"].removeprefix("\u03a9 ")
+    data.write_text("".join(json.dumps(r) + "\n" for r in train))
+    result, recorder = _train(config("optimizer.lr=0.02"), resume=True)
+    assert result.status == "completed"
+    assert [s for s, _ in _losses(run)] == list(range(1, 9))
+    assert any(m["message"].endswith("at step 3") for m in recorder.of("log"))
+
+
+# ---- an engine that floods the window -------------------------------------------------------
+
+FLOOD_EVENTS = 10_000
+
+
+def test_window_stays_responsive_under_a_flood_of_10k_events(qtbot, tmp_path, tiny_model,
+                                                             classification_data):
+    pytest.importorskip("pytestqt")
+    from PySide6.QtCore import QSettings, QTimer
+
+    from app.main_window import MainWindow
+
+    script = tmp_path / "flood.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys, time
+        seq = 0
+        def event(type, **data):
+            global seq
+            sys.stdout.write(json.dumps({{"v": 1, "seq": seq, "time": time.time(),
+                                         "run_id": "flood", "type": type, "data": data}}) + "\\n")
+            seq += 1
+        event("hello", protocol=1)
+        total = {FLOOD_EVENTS} // 3
+        for step in range(1, total + 1):
+            event("metrics", step=step, loss=1 / step, step_seconds=0.01,
+                  tokens_per_second=1000.0, lr=0.01)
+            event("progress", step=step, total_steps=total, elapsed_seconds=step * 0.01,
+                  eta_seconds=(total - step) * 0.01)
+            event("memory", step=step, rss_bytes=2**28, peak_rss_bytes=2**28, budget_bytes=None)
+        event("done", status="completed", exit_code=0, output_dir=None)
+        sys.stdout.flush()
+    """))
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    window = MainWindow(settings=settings, runs_root=tmp_path / "runs",
+                        engine_command=[sys.executable, str(script)])
+    qtbot.addWidget(window)
+    window.show()
+    window.model_edit.setText(str(tiny_model))
+    window.dataset_edit.setText(str(classification_data))
+    received = []
+    window.engine.sig_event_received.connect(received.append)
+    ticks = []
+    timer = QTimer(interval=20)
+    timer.timeout.connect(lambda: ticks.append(time.monotonic()))
+    timer.start()
+    try:
+        with qtbot.waitSignal(window.sig_run_finished, timeout=120_000) as finished:
+            window.start()
+    finally:
+        timer.stop()
+        window.model_probe.kill()
+        for tool in (window.preview.inspection, window.model_probe):
+            if tool.is_running():
+                tool.wait(60_000)
+        window.shutdown()
+    total = FLOOD_EVENTS // 3
+    assert finished.args == ["completed"]
+    assert len(received) == 3 * total + 2  # every event handled, none dropped
+    assert window.progress.value() == total
+    gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+    assert len(ticks) > 5 and max(gaps) < 1.0, f"the event loop stalled for {max(gaps):.2f} s"
+
+
+# ---- safe defaults --------------------------------------------------------------------------
+
+def _sources(*folders: str) -> dict[Path, str]:
+    return {path: path.read_text(encoding="utf-8") for folder in folders
+            for path in (REPO / folder).rglob("*.py")}
+
+
+def test_weights_never_come_from_pickle():
+    for path, text in _sources("engine", "app").items():
+        assert not re.search(r"^\s*(import|from) (pickle|dill|cloudpickle)\b", text, re.M), path
+        for call in re.finditer(r"torch\.load\(([^)]*)\)", text):
+            assert "weights_only=True" in call.group(1), f"{path}: {call.group(0)}"
+
+
+def test_no_shell_strings_in_subprocess_calls():
+    for path, text in _sources("engine", "app", "tests").items():
+        if path.name == Path(__file__).name:
+            continue
+        assert "shell=True" not in text, path
+        assert not re.search(r"\bos\.(system|popen)\(", text), path
+
+
+def test_remote_code_is_off_unless_configured():
+    from engine.config import TrainConfig
+
+    assert TrainConfig().trust_remote_code is False
+    for path, text in _sources("engine").items():
+        for match in re.finditer(r"trust_remote_code\s*=\s*(\w+)", text):
+            assert match.group(1) in ("trust_remote_code", "False", "bool"), \
+                f"{path}: trust_remote_code={match.group(1)}"
+
+
+def test_no_network_when_hf_hub_offline(tmp_path):
+    """A hub id that is not cached fails fast with HF_HUB_OFFLINE=1, without a connection
+    attempt (the socket layer refuses any connect in the child)."""
+    guard = tmp_path / "sitecustomize.py"
+    guard.write_text(textwrap.dedent("""
+        import socket
+        def refuse(*args, **kwargs):
+            raise RuntimeError("network access attempted")
+        socket.socket.connect = refuse
+        socket.create_connection = refuse
+    """))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=f"{tmp_path}:{REPO}",
+               HF_HOME=str(tmp_path / "hf"))
+    done = subprocess.run([sys.executable, "-m", "engine", "probe", "someone/some-model"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "HF_HUB_OFFLINE" in done.stderr and "network access attempted" not in done.stderr
+    assert "Traceback" not in done.stderr
