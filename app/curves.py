@@ -42,6 +42,9 @@ class CurvesWidget(QWidget):
             plot = self.graphics.addPlot(row=index // 2, col=index % 2, title=title)
             plot.showGrid(x=True, y=True, alpha=0.3)
             plot.setLabel("bottom", "step")
+            # Steps are whole and start at 0: a lone zero-shot point must not stretch the axis
+            # to a fraction of a step around it.
+            plot.setLimits(xMin=0, minXRange=1)
             plot.addLegend(offset=(-10, 10))
             self.plots[title] = plot
             plot.scene().sigMouseMoved.connect(self._mouse_moved)
