@@ -77,6 +77,37 @@ def make_tiny_llama(folder: Path, seed: int = 0, **overrides) -> Path:
     return folder
 
 
+def write_gguf(path: Path, architecture: str) -> Path:
+    """A one-tensor GGUF file of `architecture`: enough for the checks made before conversion."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((64, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+class Recorder:
+    """An event sink that keeps what the trainer emits, for assertions."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+
+    def emit(self, type: str, data: dict) -> None:
+        self.events.append((type, dict(data)))
+
+    def of(self, type: str) -> list[dict]:
+        return [d for t, d in self.events if t == type]
+
+    def warnings(self) -> list[str]:
+        return [d["message"] for d in self.of("log") if d["level"] == "warning"]
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")

@@ -81,16 +81,11 @@ class Reference:
 
 def train_in_process(args: list[str], resume: bool = False) -> list[tuple[str, dict]]:
     """The same run as `engine run ARGS` inside this process; returns its events."""
+    from conftest import Recorder
+
     from engine import config as config_io
     from engine.events import EventBus
     from engine.trainer import Trainer
-
-    class Recorder:
-        def __init__(self) -> None:
-            self.events: list[tuple[str, dict]] = []
-
-        def emit(self, type: str, data: dict) -> None:
-            self.events.append((type, dict(data)))
 
     recorder = Recorder()
     trainer = Trainer(config_io.load(None, args), EventBus([recorder]))
@@ -153,7 +148,6 @@ def trial(seed: int, model: Path, dataset: Path, output_dir: Path, ref: Referenc
 
 def prepare_inputs(folder: Path) -> tuple[Path, Path]:
     """The tiny model and sentiment rows of the test fixtures."""
-    sys.path.insert(0, str(REPO / "tests"))
     from conftest import DEMO_DATA, make_tiny_llama
 
     model = make_tiny_llama(folder / "tiny-llama")

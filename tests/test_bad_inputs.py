@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import write_gguf
 
 from engine import config as config_io
 from engine.cli import EXIT_USER, main
@@ -308,30 +309,16 @@ def model_config_not_json(ctx):
     return ctx.train(model=folder)
 
 
-def _write_gguf(path: Path, architecture: str) -> Path:
-    import gguf
-    import numpy as np
-
-    writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.zeros((64, 32), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 @case("cut.gguf", "truncated or corrupt", "download it again")
 def gguf_truncated(ctx):
-    path = _write_gguf(ctx.dir / "cut.gguf", "llama")
+    path = write_gguf(ctx.dir / "cut.gguf", "llama")
     path.write_bytes(path.read_bytes()[:-4000])
     return ctx.train(model=path)
 
 
 @case("bert.gguf", "architecture 'bert'", "Hugging Face folder")
 def gguf_of_an_unsupported_architecture(ctx):
-    return ctx.train(model=_write_gguf(ctx.dir / "bert.gguf", "bert"))
+    return ctx.train(model=write_gguf(ctx.dir / "bert.gguf", "bert"))
 
 
 @case("fake.gguf", "not a GGUF file")

@@ -20,6 +20,7 @@ from pathlib import Path
 import fault_trials
 import pytest
 import torch
+from conftest import Recorder
 
 from engine import checkpoint
 from engine.errors import UserError
@@ -28,20 +29,6 @@ from engine.protocol import decode
 from engine.trainer import NonFiniteLoss, Trainer
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class Recorder:
-    def __init__(self):
-        self.events = []
-
-    def emit(self, type, data):
-        self.events.append((type, dict(data)))
-
-    def of(self, type):
-        return [d for t, d in self.events if t == type]
-
-    def warnings(self):
-        return [d["message"] for d in self.of("log") if d["level"] == "warning"]
 
 
 def _train(cfg, resume=False, sinks=()):

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from conftest import write_gguf
 
 from engine import config as config_io
 from engine.config import ALL_PROJECTIONS
@@ -23,19 +23,6 @@ from engine.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "resources" / "datasets" / "reviews.jsonl"
-
-
-def write_gguf(path: Path, architecture: str) -> Path:
-    import gguf
-
-    writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def test_gguf_of_a_supported_architecture_is_read_without_loading_weights(tmp_path):

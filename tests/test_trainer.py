@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Recorder
 
 from engine import config as config_io
 from engine.events import EventBus, read_history
@@ -18,17 +19,6 @@ from engine.protocol import decode
 from engine.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class Recorder:
-    def __init__(self):
-        self.events = []
-
-    def emit(self, type, data):
-        self.events.append((type, dict(data)))
-
-    def of(self, type):
-        return [d for t, d in self.events if t == type]
 
 
 def _train(cfg, resume=False):
