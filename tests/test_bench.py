@@ -85,6 +85,7 @@ def test_accuracy_runs_every_optimiser_on_one_held_out_set(tiny_model, tmp_path,
     for run in record["runs"]:
         assert run["config"]["eval_dataset"].endswith("sst2-eval.jsonl")
         curve = run["curve"]
+        assert run["seed"] == 0
         assert curve[0]["step"] == 0 and curve[0]["train_seconds"] == 0
         # Every run starts from B = 0: the same zero-shot model on the same rows.
         assert curve[0]["accuracy"] == record["zero_shot_accuracy"]

@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-rows", type=int, default=10000)
     p.add_argument("--only", nargs="+", metavar="NAME",
                    help="run only these: an optimiser (prge, mezo, fo) or a run name ('prge q=4 b=4')")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="training seeds (directions, batch order); each runs every variant")
     p.add_argument("--work", type=Path, default=None,
                    help="folder for the runs (default runs/bench-accuracy-TIME)")
 
@@ -101,8 +103,10 @@ def main(argv: list[str]) -> int:
         from engine.bench import accuracy
 
         work = args.work or Path("runs") / f"bench-accuracy-{time.strftime('%Y%m%d-%H%M%S')}"
+        target = args.results / f"accuracy{suffix}.json"
         record = accuracy.run(args.model, args.sst2, args.steps, args.eval_every, args.eval_rows,
-                              args.train_rows, args.threads, work, args.only)
+                              args.train_rows, args.threads, work, args.only, args.seeds,
+                              save=lambda partial: write_json(partial, target))
     elif args.what == "memory":
         from engine.bench import memory
 

@@ -10,6 +10,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ VARIANTS = [
 
 # Zeroth-order settings of the earlier calibration run (see docs/benchmarks.md); shared by all.
 COMMON = [
-    "task=classification", "max_seq_len=64", "seed=0",
+    "task=classification", "max_seq_len=64",
     "optimizer.eps=1e-2", "optimizer.lr=1e-2", "lora.variant=lora-fa", "lora.rank=8",
     "lora.alpha=16", "lora.targets=[q_proj, v_proj]", "checkpoint_every=0", "eval_rows=0",
     "device=cpu", "dtype=float32",
@@ -85,26 +86,26 @@ class _Progress:
 
 
 def run_variant(variant: Variant, model: str, train: Path, held_out: Path, steps: int,
-                eval_every: int, threads: int, folder: Path) -> dict:
+                eval_every: int, threads: int, seed: int, folder: Path) -> dict:
     from engine import config as config_io
     from engine.events import EventBus
     from engine.trainer import Trainer
 
-    out = folder / variant.name.replace(" ", "_").replace("=", "")
-    overrides = [*COMMON, *variant.overrides, f"model={model}", f"dataset={train}",
+    out = folder / f"{variant.name.replace(' ', '_').replace('=', '')}-seed{seed}"
+    overrides = [*COMMON, f"seed={seed}", *variant.overrides, f"model={model}", f"dataset={train}",
                  f"eval_dataset={held_out}", f"steps={steps}", f"eval_every={eval_every}",
                  f"threads={threads}", f"output_dir={out}"]
     # Set directly: the prompt's braces and the words' leading spaces would not survive key=value.
     values = config_io.apply_overrides({"prompt_template": PROMPT, "label_words": LABEL_WORDS},
                                        overrides)
     config = config_io.validate(config_io.from_dict(values))
-    trainer = Trainer(config, EventBus([_Progress(variant.name)]))
+    trainer = Trainer(config, EventBus([_Progress(f"{variant.name} seed {seed}")]))
     try:
         trainer.setup(resume=False)
         trainer.train()
     finally:
         trainer.cleanup()
-    return {"name": variant.name, "config": config_io.to_dict(config),
+    return {"name": variant.name, "seed": seed, "config": config_io.to_dict(config),
             "curve": curve(out / "metrics.jsonl")}
 
 
@@ -122,22 +123,29 @@ def curve(metrics: Path) -> list[dict]:
 
 
 def run(model: str, sst2: Path, steps: int, eval_every: int, eval_rows: int, train_rows: int,
-        threads: int, folder: Path, only: list[str] | None = None) -> dict:
+        threads: int, folder: Path, only: list[str] | None, seeds: list[int],
+        save: Callable[[dict], object]) -> dict:
+    """Every variant for each training seed (the held-out split is always seed 0's).
+
+    `save` gets the record after each run, so a long sweep stopped part-way keeps what finished.
+    """
     record = {"benchmark": "accuracy", "model": model, "dataset": str(sst2),
-              "eval_rows": eval_rows, "train_rows": train_rows, "seed": 0,
+              "eval_rows": eval_rows, "train_rows": train_rows, "split_seed": 0, "seeds": seeds,
               "environment": environment(threads), "runs": []}
     known = {v.name for v in VARIANTS} | {v.name.split()[0] for v in VARIANTS}
     unknown = sorted(set(only or []) - known)
     if unknown:
         raise UserError(f"--only {unknown}: no such run; choose from {sorted(known)}")
     train, held_out = write_split(sst2, folder / "data", eval_rows, train_rows, seed=0)
-    for variant in VARIANTS:
-        if only and variant.name.split()[0] not in only and variant.name not in only:
-            continue
-        n = max(1, round(steps * variant.steps_share))
-        every = max(1, round(eval_every * variant.steps_share))
-        record["runs"].append(run_variant(variant, model, train, held_out, n, every, threads, folder))
-    if record["runs"]:
-        # Every adapter starts at B = 0, so each run's step-0 evaluation is the zero-shot model.
-        record["zero_shot_accuracy"] = record["runs"][0]["curve"][0]["accuracy"]
+    for seed in seeds:
+        for variant in VARIANTS:
+            if only and variant.name.split()[0] not in only and variant.name not in only:
+                continue
+            n = max(1, round(steps * variant.steps_share))
+            every = max(1, round(eval_every * variant.steps_share))
+            record["runs"].append(run_variant(variant, model, train, held_out, n, every, threads,
+                                              seed, folder))
+            # Every adapter starts at B = 0, so each run's step-0 evaluation is the zero-shot model.
+            record["zero_shot_accuracy"] = record["runs"][0]["curve"][0]["accuracy"]
+            save(finish(record))
     return finish(record)

@@ -88,11 +88,16 @@ def _accuracy(record: dict, target: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    colours = {}
     for run in record["runs"]:
         curve = run["curve"]
-        left.plot([p["step"] for p in curve], [p["accuracy"] for p in curve], marker="o", label=run["name"])
-        right.plot([p["train_seconds"] for p in curve], [p["accuracy"] for p in curve], marker="o",
-                   label=run["name"])
+        # One colour per variant; its seeds share it, so the spread between seeds shows.
+        colour = colours.setdefault(run["name"], f"C{len(colours)}")
+        label = run["name"] if sum(r["name"] == run["name"] for r in record["runs"]) == 1 \
+            else f"{run['name']} seed {run['seed']}"
+        for axis, x in ((left, "step"), (right, "train_seconds")):
+            axis.plot([p[x] for p in curve], [p["accuracy"] for p in curve], marker="o",
+                      color=colour, alpha=0.85, label=label)
     zero = record.get("zero_shot_accuracy")
     for axis, xlabel in ((left, "step"), (right, "training seconds (evaluation excluded)")):
         if zero is not None:
@@ -100,7 +105,8 @@ def _accuracy(record: dict, target: Path) -> None:
         axis.set(xlabel=xlabel, ylabel=f"held-out accuracy ({record['eval_rows']} rows)")
         axis.grid(alpha=0.3)
     left.legend(fontsize=8)
-    fig.suptitle(f"SST-2, {model_label(record['model'])}, seed {record['seed']}")
+    seeds = ", ".join(str(seed) for seed in record["seeds"])
+    fig.suptitle(f"SST-2, {model_label(record['model'])}, training seed(s) {seeds}")
     _save(fig, target)
 
 

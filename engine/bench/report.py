@@ -57,11 +57,11 @@ def _step(record: dict) -> list[str]:
 
 def _accuracy(record: dict) -> list[str]:
     lines = [f"\nzero-shot accuracy: {record.get('zero_shot_accuracy', float('nan')):.3f} "
-             f"on {record['eval_rows']} held-out rows, seed {record['seed']}",
-             "run | steps | train seconds | accuracy at each eval"]
+             f"on {record['eval_rows']} held-out rows",
+             "run | seed | steps | train seconds | accuracy at each eval"]
     for run in record["runs"]:
         last = run["curve"][-1]
-        lines.append(f"  {run['name']} | {last['step']} | {last['train_seconds']:.0f} | "
+        lines.append(f"  {run['name']} | {run['seed']} | {last['step']} | {last['train_seconds']:.0f} | "
                      + " ".join(f"{p['accuracy']:.3f}@{p['step']}" for p in run["curve"]))
     return lines
 
