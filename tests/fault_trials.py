@@ -128,7 +128,8 @@ def trial(seed: int, model: Path, dataset: Path, output_dir: Path, ref: Referenc
     for line in proc.stdout:
         event = decode(line)
         step = event.data.get("step")
-        last = f"{event.type} {event.data.get('state') or ''} step {step}".replace("  ", " ")
+        last = " ".join(str(part) for part in (event.type, event.data.get("state"),
+                                               None if step is None else f"step {step}") if part)
         if event.seq >= kill_seq:
             proc.send_signal(signal.SIGKILL)
             break
@@ -142,7 +143,7 @@ def trial(seed: int, model: Path, dataset: Path, output_dir: Path, ref: Referenc
     resumed = [m for m in logs if m.startswith("resumed from")]
     resumed_from = int(resumed[0].rsplit(" ", 1)[1]) if resumed else -1
     got = trajectory(output_dir)
-    return TrialResult(seed, kill_seq, last.strip(), resumed_from, got == ref.trajectory,
+    return TrialResult(seed, kill_seq, last, resumed_from, got == ref.trajectory,
                        time.monotonic() - started)
 
 

@@ -5,6 +5,7 @@ safe defaults (no pickle, no shell, no remote code unless asked). Real processes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -196,21 +197,21 @@ class AfterFirstCheckpoint:
             self.action(Path(data["path"]))
 
 
-def _fill_disk(checkpoint_path: Path) -> None:
-    # Fill the filesystem, then hand back less room than one checkpoint needs but enough for the
-    # metrics lines still to come: the next checkpoint write is the one that meets a full disk.
-    size = (checkpoint_path / "state.safetensors").stat().st_size
-    filler = checkpoint_path.parent.parent / "filler.bin"
-    with filler.open("wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
-            pass
+def _fill(filler: Path, leave_bytes: int) -> None:
+    """Fill the filesystem holding `filler`, then free `leave_bytes` of it again."""
+    with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 65536)
     with filler.open("r+b") as handle:
-        handle.truncate(filler.stat().st_size - size // 2)
+        handle.truncate(filler.stat().st_size - leave_bytes)
+
+
+def _fill_disk(checkpoint_path: Path) -> None:
+    # Hand back less room than one checkpoint needs but enough for the metrics lines still to
+    # come: the next checkpoint write is the one that meets a full disk.
+    size = (checkpoint_path / "state.safetensors").stat().st_size
     assert size // 2 >= 32 * 1024
+    _fill(checkpoint_path.parent.parent / "filler.bin", size // 2)
 
 
 def _read_only(checkpoint_path: Path) -> None:
@@ -239,6 +240,77 @@ def test_disk_full_or_read_only_while_checkpointing(small_disk, tiny_config, fau
     assert checkpoint.verify(first) is None
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
     assert checkpoint.load_latest(out / "checkpoints").step == 2
+
+
+# ---- disk full, read-only folder, stop: while exporting ----------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model):
+    from lora_runs import make_random_adapter, make_run
+
+    root = tmp_path_factory.mktemp("export")
+    return make_run(root / "run", tiny_model, make_random_adapter(tiny_model, root / "adapter"))
+
+
+def _export(run: Path, out: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, "-m", "engine", "export", str(run), "--format", "gguf",
+                             "--out", str(out), *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+
+
+@pytest.mark.parametrize("fault", ["disk full", "read-only out folder"])
+def test_disk_full_or_read_only_while_exporting(small_disk, finished_run, fault):
+    out = small_disk / "export"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    if fault == "disk full":
+        # Leave 64 KiB: the base model's GGUF (about 220 KiB for the tiny model) meets a full disk.
+        _fill(small_disk / "filler.bin", 65536)
+    else:
+        subprocess.run(["mount", "--bind", str(out), str(out)], check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(out)], check=True)
+    try:
+        proc = _export(finished_run, out / "adapter.gguf")
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if fault != "disk full":
+            subprocess.run(["umount", str(out)], check=False)
+    assert proc.returncode == 2, err[-3000:]
+    assert "Traceback" not in err
+    reason = "the disk is full (0.1 MiB free)" if fault == "disk full" else "Read-only file system"
+    assert f"error: cannot write {out / 'base-f16.gguf'}: {reason}; " in err
+    assert "pick a writable folder with --out" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # nothing half-written
+    assert (out / "notes.txt").read_text() == "mine\n"
+
+
+def test_stop_during_an_export_ends_cleanly(finished_run, tmp_path):
+    """SIGTERM (what the app's Stop sends) as soon as the export's first file is being written."""
+    import gguf
+
+    out = tmp_path / "export"
+    proc = _export(finished_run, out / "adapter.gguf")
+    deadline = time.monotonic() + 180
+    while not (out.is_dir() and any(out.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.001)
+    seen = sorted(p.name for p in out.iterdir())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "export stopped" in err and "Traceback" not in err
+    left = sorted(p.name for p in out.iterdir())
+    assert not [name for name in left if name.endswith(".partial")], (seen, left)
+    assert "adapter.Modelfile" not in left  # the export does not look finished
+    for name in left:  # what is left is whole: a finished base model at most
+        assert name == "base-f16.gguf", (seen, left)
+        assert len(gguf.GGUFReader(out / name).tensors) > 0
+    # Exporting again finishes (reusing a base written before the stop).
+    again = _export(finished_run, out / "adapter.gguf", "--no-verify")
+    printed, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    assert printed.strip() == str(out / "adapter.gguf") and (out / "adapter.Modelfile").is_file()
 
 
 # ---- memory budget --------------------------------------------------------------------------

@@ -16,12 +16,20 @@ The contract a format module follows (see FORMATS for which function serves whic
   Python without it works too.
 
 Progress and measurements go to stderr (logging); stdout gets one line, the exported path.
+Every file is written through ``write_atomic``: a full disk, a read-only folder or a stop
+(SIGTERM, Ctrl+C) leaves the files already finished and nothing half-written.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
+import shutil
+import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.errors import UserError
@@ -74,9 +82,53 @@ def main(argv: list[str]) -> int:
     args = _parser(fmt if fmt in FORMATS else None).parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k not in ("run_dir", "fmt", "out")}
     export = getattr(_format_module(args.fmt), FORMATS[args.fmt][1])
-    path = export(args.run_dir, args.out, **options)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        path = export(args.run_dir, args.out, **options)
+    except KeyboardInterrupt:
+        print("export stopped; the files it had finished are kept, no partial file is left",
+              file=sys.stderr)
+        raise
+    except OSError as exc:  # a folder that cannot be made, an input that cannot be read
+        raise UserError(f"{exc.filename or args.run_dir}: {exc.strerror or exc}; check that the "
+                        "run folder is readable and the output folder (--out) writable") from exc
     print(path)
     return 0
+
+
+def _stop(_signum, _frame) -> None:
+    # SIGTERM (the app's stop, a service manager) unwinds like Ctrl+C, so write_atomic can
+    # remove its partial file; the CLI turns KeyboardInterrupt into exit code 130.
+    raise KeyboardInterrupt
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
+    """`write(partial)` then rename to `path`: a reader never sees half a file, and a write that
+    fails (disk full, read-only folder) or is stopped leaves no partial file behind."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        write(partial)
+        partial.replace(path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write {path}: {_write_failure(exc, path.parent)}; free disk "
+                            "space or pick a writable folder with --out (files finished before "
+                            "are kept)") from exc
+        raise
+    return path
+
+
+def _write_failure(exc: OSError, folder: Path) -> str:
+    # numpy's tofile reports a full disk as a short write without an errno.
+    if exc.errno not in (errno.ENOSPC, None):
+        return exc.strerror or str(exc)
+    try:
+        free = f" ({shutil.disk_usage(folder).free / 2**20:.1f} MiB free)"
+    except OSError:
+        free = ""
+    return f"the disk is full{free}"
 
 
 def run_folder(run_dir: Path) -> tuple[Path, Path]:

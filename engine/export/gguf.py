@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
-from engine.export import run_folder
+from engine.export import run_folder, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,8 @@ def export(run_dir: Path, out: Path | None, verify: bool = True,
     log.info("adapter written: %s (%.2f s)", out, time.perf_counter() - started)
     if verify:
         report = verify_adapter(base_gguf, out, run.torch_folder, run.adapter_dir)
-        (out.parent / f"{out.stem}.verification.json").write_text(report.to_json())
+        write_atomic(out.parent / f"{out.stem}.verification.json",
+                     lambda partial: partial.write_text(report.to_json()))
     write_modelfile(out.with_suffix(".Modelfile"), base_gguf, out, run.chat_template,
                     _stop_words(run.torch_folder))
     return out
@@ -149,7 +150,8 @@ def export_merged(run_dir: Path, out: Path | None, verify: bool = True,
     log.info("merged model written: %s (%.1f s)", out, time.perf_counter() - started)
     if verify:
         report = verify_merged(out, run.torch_folder, run.adapter_dir)
-        (out.parent / f"{out.stem}.verification.json").write_text(report.to_json())
+        write_atomic(out.parent / f"{out.stem}.verification.json",
+                     lambda partial: partial.write_text(report.to_json()))
     write_modelfile(out.with_suffix(".Modelfile"), out, None, run.chat_template,
                     _stop_words(run.torch_folder))
     return out
@@ -205,7 +207,7 @@ def write_adapter(adapter_dir: Path, hf_config: dict, arch: ArchSpec, path: Path
         else:
             raise UserError(f"{adapter_dir}: tensor {key} is neither lora_A nor lora_B; "
                             "only LoRA on linear layers can be exported to GGUF")
-    writer = gguf.GGUFWriter(str(_partial(path)), arch.gguf_arch)
+    writer = gguf.GGUFWriter(None, arch.gguf_arch)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(adapter_config["lora_alpha"]))
@@ -223,17 +225,17 @@ def write_adapter(adapter_dir: Path, hf_config: dict, arch: ArchSpec, path: Path
     _write(writer, path)
 
 
-def _partial(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
-
-
 def _write(writer, path: Path) -> None:
     # Written beside and renamed: a chat process loading the file never sees half of it.
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    _partial(path).replace(path)
+    def write(partial: Path) -> None:
+        try:
+            writer.write_header_to_file(partial)
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
+
+    write_atomic(path, write)
 
 
 def write_model(folder: Path, path: Path, outtype: str, adapter_dir: Path | None = None) -> None:
@@ -267,7 +269,7 @@ def write_model(folder: Path, path: Path, outtype: str, adapter_dir: Path | None
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     state = model.state_dict()
 
-    writer = gguf.GGUFWriter(str(_partial(path)), "llama")
+    writer = gguf.GGUFWriter(None, "llama")
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(folder.name)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from engine.export import write_atomic
+
 CHATML_TEMPLATE = (
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n"
     "{{ .Content }}<|im_end|>\n"
@@ -63,5 +65,5 @@ def write_modelfile(path: Path, model: Path, adapter: Path | None, chat_template
     if system is not None:
         lines.append(f"SYSTEM {_quoted(system)}")
     lines += [f'PARAMETER stop "{word}"' for word in stop_words]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_atomic(path, lambda partial: partial.write_text("\n".join(lines) + "\n",
+                                                                 encoding="utf-8"))
