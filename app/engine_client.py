@@ -21,6 +21,17 @@ TERMINATE_AFTER_MS = 10_000  # after `stop`: the engine finishes its step and ch
 KILL_AFTER_MS = 5_000  # after terminate
 
 
+def engine_command(*args: str) -> list[str]:
+    """The program and arguments that run `python -m engine ARGS…` here.
+
+    A frozen bundle (PyInstaller) has no Python to run `-m` with: its one executable is
+    re-invoked with `engine` as first argument (packaging/edgetune.py dispatches on it).
+    """
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "engine", *args]
+    return [sys.executable, "-m", "engine", *args]
+
+
 class EngineClient(QObject):
     """Starts, watches and stops one engine run; emits its events as they arrive."""
 
@@ -35,7 +46,7 @@ class EngineClient(QObject):
                  watchdog_seconds: float = 600.0) -> None:
         super().__init__(parent)
         # The program and leading arguments; the config path (and --resume) are appended.
-        self.command = command or [sys.executable, "-m", "engine", "run"]
+        self.command = command or engine_command("run")
         self.watchdog_seconds = watchdog_seconds
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_LINES)
         self.output_dir: str | None = None

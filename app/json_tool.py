@@ -7,11 +7,10 @@ request replaces the one in flight.
 from __future__ import annotations
 
 import json
-import sys
 
 from PySide6.QtCore import QObject, QProcess, Signal
 
-from app.engine_client import REPO_ROOT
+from app.engine_client import REPO_ROOT, engine_command
 
 
 class JsonTool(QObject):
@@ -34,7 +33,8 @@ class JsonTool(QObject):
         process.readyReadStandardOutput.connect(lambda: self._collect(process))
         process.finished.connect(lambda code, _status: self._finished(process, code))
         self._process = process
-        process.start(sys.executable, ["-m", "engine", self.tool, *args, "--json"])
+        program, *arguments = engine_command(self.tool, *args, "--json")
+        process.start(program, arguments)
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.state() != QProcess.ProcessState.NotRunning

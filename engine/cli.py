@@ -37,6 +37,7 @@ TOOLS = {
     "chat": ("engine.chat", "chat with a base model (+ adapter), streaming"),
     "bench": ("engine.bench", "benchmarks: throughput, step time, memory, accuracy"),
     "push": ("engine.phone", "push an exported folder to a connected Android phone"),
+    "make-tiny-model": ("engine.tiny_model", "write a tiny random-init model (tests, smoke checks)"),
 }
 
 

@@ -1,7 +1,7 @@
 """Shared fixtures: tiny random-init models written with save_pretrained, and small datasets.
 
-No network: the tokenizer is a byte-level BPE trained here on the bundled demo data, the model
-a 2-layer Llama made from a config.
+No network: the tiny model comes from engine.tiny_model (also `python -m engine make-tiny-model`,
+which the app's --smoke check uses), a 2-layer Llama with a BPE trained on the bundled demo data.
 """
 
 from __future__ import annotations
@@ -12,69 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from engine.tiny_model import make_tiny_llama
+
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "resources" / "datasets" / "reviews.jsonl"
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def make_tokenizer(folder: Path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    corpus = [json.loads(line)["text"] for line in DEMO_DATA.read_text().splitlines()]
-    corpus += ["It was great. It was terrible. The product was good, bad, fine."] * 5
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        pad_token="<|im_end|>",
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(folder)
-    return fast
-
-
-def make_tiny_llama(folder: Path, seed: int = 0, **overrides) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = make_tokenizer(folder)
-    values = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    values.update(overrides)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**values))
-    model.save_pretrained(folder)
-    return folder
 
 
 def write_gguf(path: Path, architecture: str) -> Path:

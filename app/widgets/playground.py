@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.engine_client import engine_command
 from engine.protocol import STOP_COMMAND, ProtocolError, decode
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +68,8 @@ class ChatProcess(QObject):
         process.errorOccurred.connect(self._process_error)
         self._process, self._buffer, self._status, self._message = process, b"", None, ""
         self._stderr_tail = b""
-        process.start(sys.executable, ["-m", "engine", "chat", *args, "--json-stream"])
+        program, *arguments = engine_command("chat", *args, "--json-stream")
+        process.start(program, arguments)
 
     def stop(self) -> None:
         process = self._process

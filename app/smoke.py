@@ -1,0 +1,97 @@
+"""`edgetune --smoke` (or `python -m app --smoke`): the whole app, end to end, without a user.
+
+Opens the main window (offscreen unless a platform is set), makes a tiny random-init model with
+the engine (`engine make-tiny-model`), probes it, trains it for 3 steps from the window through
+the engine subprocess, and exits 0 only if the engine's `done` event said `completed`. Run in a
+source checkout and inside the bundle (packaging/smoke.sh), where every engine call goes through
+the frozen executable.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from PySide6.QtCore import QEventLoop, QSettings, QTimer
+from PySide6.QtWidgets import QApplication
+
+from app.engine_client import REPO_ROOT, engine_command
+from engine import config as config_io
+
+DEMO_CONFIG = REPO_ROOT / "resources" / "configs" / "demo.yaml"
+# The demo's data and prompt on the tiny model, cut down to seconds: 3 steps, a 16-row eval.
+SMOKE_OVERRIDES = ["steps=3", "batch_size=2", "max_seq_len=48", "eval_rows=16", "eval_every=0",
+                   "checkpoint_every=0", "optimizer.q=2", "lora.rank=4", "threads=2"]
+MODEL_SECONDS = 300  # making the tiny model: a cold torch import in the bundle is the slow part
+RUN_SECONDS = 600
+
+
+def wait_for(signal, seconds: float) -> list | None:
+    """Run the event loop until `signal` fires (its arguments) or `seconds` pass (None)."""
+    loop = QEventLoop()
+    received: list = []
+
+    def arrived(*args) -> None:
+        received.extend(args)
+        loop.quit()
+
+    signal.connect(arrived)
+    QTimer.singleShot(int(seconds * 1000), loop.quit)
+    loop.exec()
+    signal.disconnect(arrived)
+    return received or None
+
+
+def run(app: QApplication) -> int:
+    from app.main_window import MainWindow
+
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="edgetune-smoke-") as tmp:
+        folder = Path(tmp)
+        settings = QSettings(str(folder / "settings.ini"), QSettings.Format.IniFormat)
+        window = MainWindow(settings=settings, runs_root=folder / "runs")
+        window.show()
+        window.grab()  # the first complete frame
+        # From the process's start (the bundle's bootloader included) to the shown window.
+        timings["cold start to shown window"] = time.time() - psutil.Process().create_time()
+        try:
+            started = time.monotonic()
+            made = subprocess.run(engine_command("make-tiny-model", str(folder / "model")),
+                                  capture_output=True, text=True, timeout=MODEL_SECONDS)
+            timings["tiny model made by the engine"] = time.monotonic() - started
+            if made.returncode != 0:
+                print(f"smoke: make-tiny-model failed (exit {made.returncode}):\n{made.stderr}",
+                      file=sys.stderr)
+                return 1
+            config = config_io.load(DEMO_CONFIG, [f"model={folder / 'model'}", *SMOKE_OVERRIDES])
+            config_path = folder / "smoke.yaml"
+            config_io.save(config, config_path)
+
+            started = time.monotonic()
+            window.load_config(config_path)  # starts the probe and the dataset inspection
+            answer = wait_for(window.model_probe.sig_answered, MODEL_SECONDS)
+            timings["model probed"] = time.monotonic() - started
+            if not answer or "architecture" not in answer[0]:
+                print(f"smoke: the probe did not describe the model: {answer}", file=sys.stderr)
+                return 1
+
+            started = time.monotonic()
+            window.start()
+            finished = wait_for(window.sig_run_finished, RUN_SECONDS)
+            timings["3-step training (start to done)"] = time.monotonic() - started
+            status = finished[0] if finished else "no answer"
+        finally:
+            for tool in (window.preview.inspection, window.model_probe):
+                tool.wait(60_000)
+            window.shutdown()
+            window.close()
+    for name, seconds in timings.items():
+        print(f"smoke: {name}: {seconds:.2f} s")
+    print(f"smoke: run {status}")
+    if status != "completed":
+        print("smoke: engine log tail:\n" + "\n".join(window.engine.stderr_tail), file=sys.stderr)
+    return 0 if status == "completed" else 1
