@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import yaml
-from platformdirs import user_data_dir
 from PySide6.QtCore import QObject, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
@@ -40,10 +39,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.about import AboutDialog
 from app.dataset_preview import DatasetPreview, DropZone, dropped_path
 from app.device_panel import DevicePanel, model_config
-from app.engine_client import EngineClient
+from app.engine_client import REPO_ROOT, EngineClient
 from app.export_panel import ExportPanel
 from app.json_tool import JsonTool
 from app.runs import list_runs, series_of
@@ -55,9 +53,7 @@ from engine.errors import UserError
 PLAYGROUND_AVAILABLE = importlib.util.find_spec("app.widgets.playground") is not None
 SETTINGS_SCHEMA = 1
 RECENT_MODELS = 8
-# The platform's place for user data (~/.local/share/edgetune/runs on Linux), the same in a
-# source checkout and in the bundle, whose own folder may be read-only.
-DEFAULT_RUNS_ROOT = Path(user_data_dir("edgetune", appauthor=False)) / "runs"
+DEFAULT_RUNS_ROOT = REPO_ROOT / "runs"
 
 
 class RunState(QObject):
@@ -71,6 +67,7 @@ class RunState(QObject):
         self.output_dir: Path | None = None
         self.config_path: Path | None = None
         self.last_status = ""
+        self.last_error = ""  # the engine's error event of this run, shown when it ends
         self.started_at = 0.0
 
     def set(self, state: str) -> None:
@@ -121,6 +118,7 @@ class MainWindow(QMainWindow):
         self._probed = ""
         self._model_ready = False  # the probe read self._probed
         self._model_folder = ""  # where the probe found it (a .gguf is converted to a folder)
+        self.message_box: QMessageBox | None = None
 
         # pyqtgraph (and numpy under it) take most of a cold start: the plots are built right
         # after the window is shown, or on first use, whichever comes first.
@@ -148,7 +146,6 @@ class MainWindow(QMainWindow):
         splitter.addWidget(self.tabs)
         splitter.setSizes([430, 850])
         self.setCentralWidget(splitter)
-        self.menuBar().addMenu("&Help").addAction("About EdgeTune", self.show_about)
         QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.start)
         QShortcut(QKeySequence("Ctrl+."), self, activated=self.stop)
         self._restore_settings()
@@ -268,11 +265,15 @@ class MainWindow(QMainWindow):
         refresh.clicked.connect(self.refresh_runs)
         compare = QPushButton("Overlay selected")
         compare.clicked.connect(lambda: self.open_runs(self.runs_list.selectedItems()))
+        self.resume_selected_button = QPushButton("Resume selected")
+        self.resume_selected_button.clicked.connect(
+            lambda: self.resume_run(self.runs_list.selectedItems()))
         self.runs_root_label = QLabel()
         buttons = QHBoxLayout()
         buttons.addWidget(self.runs_root_label, 1)
         buttons.addWidget(refresh)
         buttons.addWidget(compare)
+        buttons.addWidget(self.resume_selected_button)
         tab = QWidget()
         layout = QVBoxLayout(tab)
         layout.addLayout(buttons)
@@ -377,12 +378,6 @@ class MainWindow(QMainWindow):
         dialog.show()
         return dialog
 
-    def show_about(self) -> QDialog:
-        dialog = AboutDialog(self)
-        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        dialog.open()
-        return dialog
-
     def load_config(self, path: str | Path) -> None:
         config = config_io.load(path)
         self.form.set_config(config)
@@ -404,7 +399,7 @@ class MainWindow(QMainWindow):
             try:
                 self.load_config(path)
             except UserError as exc:
-                QMessageBox.warning(self, "Config not loaded", str(exc))
+                self.warn("Config not loaded", str(exc))
 
     def _save_config_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save config", "", "YAML (*.yaml)")
@@ -412,7 +407,17 @@ class MainWindow(QMainWindow):
             try:
                 config_io.save(self.current_config(), path)
             except UserError as exc:
-                QMessageBox.warning(self, "Config not saved", str(exc))
+                self.warn("Config not saved", str(exc))
+
+    def warn(self, title: str, text: str) -> QMessageBox:
+        """A warning dialog that leaves the event loop running (a live run keeps drawing)."""
+        if self.message_box is None:
+            self.message_box = QMessageBox(QMessageBox.Icon.Warning, "", "",
+                                           QMessageBox.StandardButton.Ok, self)
+        self.message_box.setWindowTitle(title)
+        self.message_box.setText(text)
+        self.message_box.open()
+        return self.message_box
 
     # ---- model and memory -------------------------------------------------------------
     def _fill_recent_menu(self) -> None:
@@ -434,12 +439,12 @@ class MainWindow(QMainWindow):
         if self.run.state != "idle":
             return
         if self.device.blocking_reason:  # the shortcut reaches here with the button disabled
-            self.status_line.setText(f"<span style='color:#b00'>{self.device.blocking_reason}</span>")
+            self._show_error(self.device.blocking_reason)
             return
         try:
             config = self.current_config()
         except UserError as exc:
-            self.status_line.setText(f"<span style='color:#b00'>{exc}</span>")
+            self._show_error(str(exc))
             return
         name = time.strftime("run-%Y%m%d-%H%M%S")
         output_dir = self.runs_root / name
@@ -456,18 +461,16 @@ class MainWindow(QMainWindow):
         self._launch(config_path, output_dir, resume=False, total=config.steps)
 
     def resume(self) -> None:
+        # The engine checks the run folder (config, checkpoints, versions) and names what is
+        # wrong; the step count arrives with its first progress event.
         if self.run.state != "idle" or self.run.config_path is None:
             return
-        try:
-            steps = config_io.load(self.run.config_path).steps
-        except UserError as exc:
-            self.status_line.setText(str(exc))
-            return
-        self._launch(self.run.config_path, self.run.output_dir, resume=True, total=steps)
+        self._launch(self.run.config_path, self.run.output_dir, resume=True, total=0)
 
     def _launch(self, config_path: Path, output_dir: Path | None, resume: bool, total: int) -> None:
         self.run.config_path, self.run.output_dir = config_path, output_dir
         self.run.started_at = time.monotonic()
+        self.run.last_error = ""
         if resume and output_dir is not None:
             self.curves.show_runs([series_of(output_dir)])
             self.curves.runs[0].label = "live"
@@ -481,6 +484,15 @@ class MainWindow(QMainWindow):
         self.run.set("running")
         self.engine.start(config_path, resume=resume)
         self.tabs.setCurrentWidget(self.curves_tab)
+
+    def resume_run(self, items: list[QListWidgetItem]) -> None:
+        """Continue a run folder from the Runs tab (one from an earlier session) from its last
+        checkpoint; the engine checks the folder and says what is wrong with it."""
+        if len(items) != 1 or self.run.state != "idle":
+            return
+        folder = Path(items[0].data(Qt.ItemDataRole.UserRole))
+        self.run.config_path, self.run.output_dir = folder / "config.yaml", folder
+        self.resume()
 
     def stop(self) -> None:
         if self.run.state == "running":
@@ -519,8 +531,9 @@ class MainWindow(QMainWindow):
         elif event.type == "artifact" and data.get("kind") == "adapter":
             self.export_panel.set_run(Path(str(data.get("path"))).parent)
         elif event.type == "error":
-            self._append_log("error", str(data.get("message")))
-            self.status_line.setText(f"<span style='color:#b00'>{data.get('message')}</span>")
+            self.run.last_error = str(data.get("message"))
+            self._append_log("error", self.run.last_error)
+            self._show_error(self.run.last_error)
         elif event.type == "checkpoint":
             self._append_log("info", f"checkpoint @ step {data.get('step')}: {data.get('path')}")
 
@@ -536,6 +549,10 @@ class MainWindow(QMainWindow):
         if tps:
             parts.append(f"{tps:.0f} tokens/s")
         self.progress_text.setText("   ".join(parts))
+
+    def _show_error(self, message: str) -> None:
+        # Rich text: a path or message holding < or & must show as typed.
+        self.status_line.setText(f"<span style='color:#b00'>{html.escape(message)}</span>")
 
     def _on_engine_log(self, level: str, message: str) -> None:
         self._append_log(level, message)
@@ -554,7 +571,9 @@ class MainWindow(QMainWindow):
             "hung": "The engine stopped answering and was ended; see the Log tab.",
         }
         text = messages.get(status, status).format(code=exit_code)
-        if status in ("crashed", "hung", "failed"):
+        if status == "failed" and self.run.last_error:
+            self._show_error(self.run.last_error)  # says what to change; the Log tab has the rest
+        elif status in ("crashed", "hung", "failed"):
             tail = "<br>".join(html.escape(line[-160:]) for line in list(self.engine.stderr_tail)[-3:])
             self.status_line.setText(f"<span style='color:#b00'>{text}</span>"
                                      + (f"<br><tt>{tail}</tt>" if tail else ""))

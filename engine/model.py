@@ -13,6 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from pickle import UnpicklingError
 
 import torch
 from platformdirs import user_cache_dir
@@ -239,6 +240,12 @@ def load(
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None
         )
+    except UnpicklingError as exc:
+        # transformers reads .bin files with torch.load(weights_only=True): pickled code is
+        # refused, never run.
+        raise UserError(f"model {folder}: its .bin weights hold pickled Python objects, not only "
+                        "tensors, and are not loaded (they could run code); use the model's "
+                        "safetensors files, or convert it where you trust the source") from exc
     except (OSError, ValueError, SafetensorError) as exc:
         raise UserError(f"model {folder}: cannot load ({str(exc)[:300]}); a truncated or damaged "
                         "weights file is the usual cause: copy or download it again") from exc
