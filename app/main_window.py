@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import yaml
+from platformdirs import user_data_dir
 from PySide6.QtCore import QObject, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
@@ -39,9 +40,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.about import AboutDialog
 from app.dataset_preview import DatasetPreview, DropZone, dropped_path
 from app.device_panel import DevicePanel, model_config
-from app.engine_client import REPO_ROOT, EngineClient
+from app.engine_client import EngineClient
 from app.export_panel import ExportPanel
 from app.json_tool import JsonTool
 from app.runs import list_runs, series_of
@@ -53,7 +55,9 @@ from engine.errors import UserError
 PLAYGROUND_AVAILABLE = importlib.util.find_spec("app.widgets.playground") is not None
 SETTINGS_SCHEMA = 1
 RECENT_MODELS = 8
-DEFAULT_RUNS_ROOT = REPO_ROOT / "runs"
+# The platform's place for user data (~/.local/share/edgetune/runs on Linux), the same in a
+# source checkout and in the bundle, whose own folder may be read-only.
+DEFAULT_RUNS_ROOT = Path(user_data_dir("edgetune", appauthor=False)) / "runs"
 
 
 class RunState(QObject):
@@ -146,6 +150,7 @@ class MainWindow(QMainWindow):
         splitter.addWidget(self.tabs)
         splitter.setSizes([430, 850])
         self.setCentralWidget(splitter)
+        self.menuBar().addMenu("&Help").addAction("About EdgeTune", self.show_about)
         QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.start)
         QShortcut(QKeySequence("Ctrl+."), self, activated=self.stop)
         self._restore_settings()
@@ -376,6 +381,12 @@ class MainWindow(QMainWindow):
         QVBoxLayout(dialog).addWidget(view)
         dialog.yaml_text = text
         dialog.show()
+        return dialog
+
+    def show_about(self) -> QDialog:
+        dialog = AboutDialog(self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
         return dialog
 
     def load_config(self, path: str | Path) -> None:
