@@ -98,6 +98,13 @@ class LlamaCppBackend:
         return _softmax([float(logits[i]) for i in label_ids])
 
 
+def stop_token_ids(tokenizer) -> list[int]:
+    """Token ids that end an answer: EOS and the chat templates' end-of-turn markers."""
+    vocab = tokenizer.get_vocab()
+    return sorted({tokenizer.eos_token_id, *(
+        vocab[w] for w in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>") if w in vocab)} - {None})
+
+
 class TransformersBackend:
     def __init__(self, folder: Path, adapter_dir: Path | None, adapter_scale: float) -> None:
         import torch
@@ -114,9 +121,7 @@ class TransformersBackend:
                     if hasattr(module, "scaling") and isinstance(module.scaling, dict):
                         module.scaling = {k: v * adapter_scale for k, v in module.scaling.items()}
         self.model = model.eval()
-        vocab = self.tokenizer.get_vocab()
-        self.stop_ids = sorted({self.tokenizer.eos_token_id, *(
-            vocab[w] for w in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>") if w in vocab)} - {None})
+        self.stop_ids = stop_token_ids(self.tokenizer)
 
     def stream(self, messages: list[dict], settings: Settings) -> Iterator[str]:
         import torch
@@ -175,7 +180,7 @@ class Target:
     prompt_template: str = "{text}"
 
 
-def resolve(model: str | None, adapter: Path | None) -> Target:
+def resolve(model: str | None, adapter: Path | None, pte: Path | None = None) -> Target:
     # engine.model imports torch: a mistyped path is reported before paying for that.
     def resolve_reference(reference: str) -> str:
         from engine.model import resolve_reference
@@ -189,6 +194,13 @@ def resolve(model: str | None, adapter: Path | None) -> Target:
         if not adapter.is_file():
             raise UserError(f"--adapter {adapter}: no such file")
         return Target(resolve_reference(model), adapter_gguf=adapter)
+    if adapter is None and model is None and pte is not None:
+        # An ExecuTorch export carries its base's name and the run's classification setup.
+        from engine.export.executorch import read_metadata
+
+        metadata = read_metadata(pte)
+        return Target(metadata["base_model"], label_words=metadata["label_words"],
+                      prompt_template=metadata["prompt_template"] or "{text}")
     if adapter is None:
         if model is None:
             raise UserError("give a model (a .gguf file, a model folder or `default`) or "
@@ -245,7 +257,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="a training run folder, or a GGUF adapter for a GGUF base")
     parser.add_argument("--adapter-scale", type=float, default=1.0,
                         help="adapter strength (0 = the base model alone)")
-    parser.add_argument("--pte", type=Path, default=None, help="an ExecuTorch .pte program")
+    parser.add_argument("--pte", type=Path, default=None,
+                        help="an ExecuTorch export (its folder or model.pte); MODEL not needed")
     parser.add_argument("--prompt", default=None, help="one prompt (default: interactive)")
     parser.add_argument("--system", default=None, help="system message")
     parser.add_argument("--temperature", type=float, default=Settings.temperature)
@@ -279,7 +292,8 @@ def main(argv: list[str]) -> int:
         if args.prompt is None:
             raise UserError("--json-stream needs --prompt")
         return _json_stream(args, settings, argv)
-    backend = load_backend(resolve(args.model, args.adapter), args.adapter_scale, args.seed, args.pte)
+    target = resolve(args.model, args.adapter, args.pte)
+    backend = load_backend(target, args.adapter_scale, args.seed, args.pte)
     prompts = [args.prompt] if args.prompt is not None else _read_prompts()
     history: list[dict] = []
     for prompt in prompts:
@@ -317,7 +331,7 @@ def _json_stream(args: argparse.Namespace, settings: Settings, argv: list[str]) 
     tokens, status, code = 0, "failed", 1
     try:
         writer.emit("status", state="loading", message="loading the model")
-        target = resolve(args.model, args.adapter)
+        target = resolve(args.model, args.adapter, args.pte)
         backend = load_backend(target, args.adapter_scale, args.seed, args.pte)
         if target.label_words:
             prompt = target.prompt_template.replace("{text}", args.prompt)

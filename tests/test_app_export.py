@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("pytestqt")
@@ -47,3 +51,78 @@ def test_export_of_an_unfinished_run_reports_the_engine_message(panel, qtbot, tm
     assert "export gguf failed (exit code 2)" in text and "Traceback" not in text
     assert "adapter" in text  # the engine names what is missing
     assert not panel.busy.isVisible() and panel.buttons["gguf"].isEnabled()
+
+
+@pytest.fixture
+def own_adb_server(monkeypatch):
+    """adb started by the panel talks to a server of this test's own, killed afterwards."""
+    import os
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", port)
+    yield
+    subprocess.run(["adb", "kill-server"], env=dict(os.environ, ANDROID_ADB_SERVER_PORT=port),
+                   capture_output=True, timeout=30)
+
+
+def test_executorch_targets_and_push_needs_an_export_and_a_device(panel, tmp_path):
+    assert [panel.target.itemData(i) for i in range(panel.target.count())] == ["none", "8da4w"]
+    assert not panel.push_button.isEnabled()
+    # The JSON `push --list --json` prints: a phone that is ready and one that is not.
+    answer = {"devices": [
+        {"serial": "0A1B", "state": "device", "model": "Pixel 4a", "product": "sunfish",
+         "free_bytes": 3 * 2**30, "ready": True},
+        {"serial": "R58M", "state": "unauthorized", "model": "", "product": "", "free_bytes": None,
+         "ready": False}]}
+    panel.show_devices(answer)
+    assert panel.devices.currentData() == "0A1B" and "Pixel 4a (0A1B), 3.0 GiB free" in \
+        panel.devices.currentText()
+    assert not panel.push_button.isEnabled()  # no export yet
+    export = tmp_path / "run" / "export" / "executorch"
+    export.mkdir(parents=True)
+    (export / "metadata.json").write_text(json.dumps({
+        "export": {"quantize": "none"}, "program_bytes": 650 * 2**20,
+        "verification": {"prompts": 4, "positions": 200, "max_abs_diff": 2.5e-4,
+                         "top1_agreement": 1.0}}))
+    panel.set_run(tmp_path / "run")
+    assert panel.export_folder == export and panel.push_button.isEnabled()
+    assert "max |Δlogit| 0.00025, top-1 agreement 100.0%" in panel.result_label.text()
+    panel.devices.setCurrentIndex(1)  # the unauthorized one cannot take a push
+    assert not panel.push_button.isEnabled()
+
+
+@pytest.mark.skipif(shutil.which("adb") is None, reason="the adb binary is not installed")
+def test_refresh_with_no_phone_keeps_push_disabled(panel, qtbot, own_adb_server):
+    with qtbot.waitSignal(panel.device_tool.sig_answered, timeout=60_000):
+        panel.refresh_button.click()
+        assert not panel.refresh_button.isEnabled()
+    assert panel.devices.currentText().startswith("no phone connected")
+    assert panel.refresh_button.isEnabled() and not panel.push_button.isEnabled()
+
+
+def test_executorch_export_shows_stages_and_verification(panel, qtbot, tiny_model,
+                                                         classification_data, tmp_path,
+                                                         own_adb_server):
+    from test_executorch import _train_run
+
+    run = _train_run(tiny_model, classification_data, tmp_path / "run")
+    panel.set_run(run)
+    stages = []
+    panel.busy.valueChanged.connect(lambda value: stages.append((value, panel.busy.format())))
+    with qtbot.waitSignal(panel.sig_export_finished, timeout=600_000) as finished:
+        panel.buttons["executorch"].click()
+    fmt, code, path = finished.args
+    assert (fmt, code) == ("executorch", 0), panel.output.toPlainText()[-3000:]
+    assert Path(path) == run / "export" / "executorch" == panel.export_folder
+    assert [value for value, _ in stages] == [0, 1, 2, 3, 4, 5]  # each stage's start, then done
+    assert stages[3][1].startswith("stage 3/5: lower done in")
+    text = panel.result_label.text()
+    assert "ExecuTorch export (none" in text and "top-1 agreement 100.0%" in text
+    assert str(run / "export" / "executorch") in text
+    with qtbot.waitSignal(panel.device_tool.sig_answered, timeout=60_000):
+        pass  # the device list refreshes after an export; no phone here
+    assert not panel.push_button.isEnabled()
