@@ -6,7 +6,7 @@ model typed into the model field (probe), a config picked with Load…, a run fo
 the Runs tab, settings started with Start. Each must show a message naming the file/line/field,
 no traceback, and change no file. Then the engine dying, hanging or flooding, and a stopped export.
 """
-# ruff: noqa: F811  (test_app's make_window fixture is imported, then named by each test)
+# ruff: noqa: F811  (make_window and ctx fixtures are imported, then named by each test)
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from PySide6.QtCore import QProcess, Qt, QTimer  # noqa: E402
 from PySide6.QtGui import QTextDocument  # noqa: E402
 from PySide6.QtWidgets import QFileDialog, QPushButton  # noqa: E402
 from test_app import ENGINE_TIMEOUT_MS, _drop, _fake_engine, _fill_tiny, make_window  # noqa: E402, F401
-from test_bad_inputs import CASES, GOOD_ROWS, Ctx, _snapshot  # noqa: E402
+from test_bad_inputs import CASES, GOOD_ROWS, Ctx, _snapshot, ctx  # noqa: E402, F401
 
 from app.runs import read_metrics  # noqa: E402
 from engine import checkpoint  # noqa: E402
@@ -45,16 +45,6 @@ def _check_shown(shown: str, expect: tuple[str, ...]) -> None:
     assert "Traceback" not in shown, shown
     for fragment in expect:
         assert fragment.lower() in shown.lower(), f"{fragment!r} not in what the window shows:\n{shown}"
-
-
-@pytest.fixture
-def ctx(tmp_path, tiny_model):
-    data = tmp_path / "inputs" / "good.jsonl"
-    data.parent.mkdir()
-    data.write_text("".join(json.dumps(r) + "\n" for r in GOOD_ROWS))
-    case_dir = tmp_path / "case"
-    case_dir.mkdir()
-    return Ctx(case_dir, tiny_model, data)
 
 
 # ---- the corpus through the window ---------------------------------------------------------
