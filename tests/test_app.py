@@ -108,6 +108,28 @@ def test_app_never_imports_torch():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_signals_do_not_leak_references():
+    """PySide6 6.12.0 dropped a reference to True on every Signal.emit; on Python 3.11 the
+    window aborted (bool_dealloc) a few thousand engine events into a run."""
+    code = textwrap.dedent("""
+        import sys
+        from PySide6.QtCore import QCoreApplication, QObject, Signal
+        class Source(QObject):
+            sig = Signal(str, dict)
+        app = QCoreApplication([])
+        source, got = Source(), []
+        source.sig.connect(lambda kind, data: got.append(kind))
+        before = sys.getrefcount(True)
+        for _ in range(5000):
+            source.sig.emit("metrics", {"step": 1})
+        print(len(got), sys.getrefcount(True) - before)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    received, leaked = map(int, result.stdout.split())
+    assert received == 5000 and abs(leaked) < 50
+
+
 def _screenshot(window: MainWindow, name: str) -> None:
     """PNGs of the main states for a person to look at (tests/screenshots/ is not in git)."""
     SCREENSHOTS.mkdir(exist_ok=True)
