@@ -128,10 +128,7 @@ class Objective:
             per_row = F.cross_entropy(scores, batch.targets.repeat(copies), reduction="none")
             return per_row.view(copies, b).mean(1)
         targets = batch.targets.repeat(copies, 1)
-        per_token = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none",
-            ignore_index=-100,
-        ).view(copies, -1)
+        per_token = token_losses(logits, targets).view(copies, -1)
         counted = (targets != -100).view(copies, -1).sum(1).clamp(min=1)
         return per_token.sum(1) / counted
 
@@ -142,9 +139,18 @@ class Objective:
             scores = logits[:, -1, self.label_ids.to(logits.device)]
             loss = F.cross_entropy(scores, batch.targets, reduction="sum")
             return float(loss), int((scores.argmax(-1) == batch.targets).sum())
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1), reduction="none",
-            ignore_index=-100,
-        ).view(batch.rows, -1)
+        loss = token_losses(logits, batch.targets)
         counted = (batch.targets != -100).sum(1).clamp(min=1)
         return float((loss.sum(1) / counted).sum()), 0
+
+
+def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """−log p(target) at every position of (rows, columns, V) logits; 0 where the target is -100.
+
+    cross_entropy(ignore_index=-100) gives the same numbers, but torch.export (torch 2.13)
+    cannot decompose its nll_loss with reduction="none" over a dynamic number of columns, which
+    the ExecuTorch training program (engine/executorch_train) traces.
+    """
+    log_probs = F.log_softmax(logits, dim=-1)
+    picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return -picked * (targets != -100)

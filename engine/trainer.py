@@ -15,6 +15,7 @@ import math
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from engine.data import Dataset, find_eval_file, load_dataset, split
 from engine.errors import UserError
 from engine.estimate import Shape, estimate, suggest
 from engine.events import EventBus, MetricsFileSink, read_history, truncate_history
-from engine.objective import Objective
+from engine.objective import Batch, Objective
 from engine.optim import build as build_optimizer
 from engine.optim import copies_needed
 
@@ -65,6 +66,9 @@ def config_fingerprint(config: TrainConfig) -> str:
     # A run that diverged resumes from its last good checkpoint with a lower lr or eps.
     for free in ("lr", "eps"):
         values["optimizer"].pop(free)
+    # Runs made before the backend field existed keep their fingerprint (and stay resumable).
+    if values["backend"] == "pytorch":
+        values.pop("backend")
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -82,7 +86,8 @@ class Trainer:
     def setup(self, resume: bool) -> None:
         cfg = self.config
         self._prepare_output_dir(resume)
-        self.device = devices.resolve(cfg.device)
+        # The ExecuTorch program is lowered from a CPU float32 model, whatever the machine has.
+        self.device = devices.resolve("cpu" if cfg.backend == "executorch" else cfg.device)
         self.dtype = devices.resolve_dtype(cfg.dtype, self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -90,7 +95,7 @@ class Trainer:
         self.train_data, self.eval_data = self._load_data()
         self.bus.emit("status", state="loading", message=f"loading model {cfg.model}")
         loaded = models.load(cfg.model, self.device, self.dtype, cfg.trust_remote_code)
-        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.model, self.tokenizer, self.model_folder = loaded.model, loaded.tokenizer, loaded.folder
         self.train_data = self.train_data.render(self.tokenizer)
         self.eval_data = self.eval_data.render(self.tokenizer)
         self._preflight_memory()
@@ -106,6 +111,7 @@ class Trainer:
             self.objective.check_label_words(self.train_data.label_words)
         self.adapter = lora.inject(self.model, cfg.lora, copies_needed(cfg.optimizer), cfg.seed)
         self.optimizer = build_optimizer(cfg.optimizer, self.adapter.store, cfg.seed)
+        self.batch_losses = self._eager_losses if cfg.backend == "pytorch" else self._program_losses()
         self.fingerprint = config_fingerprint(cfg)
         if resume:
             self._restore()
@@ -242,7 +248,7 @@ class Trainer:
                 [self.train_data.examples[i] for i in self.batch_indices(step)]).to(self.device)
             t0 = time.perf_counter()
             with torch.inference_mode(cfg.optimizer.name != "fo"):
-                result = self.optimizer.step(lambda n, batch=batch: self._losses(batch, n), step)
+                result = self.optimizer.step(lambda n, batch=batch: self.batch_losses(batch, n), step)
             devices.synchronize(self.device)
             step_seconds = time.perf_counter() - t0
             step += 1
@@ -274,9 +280,26 @@ class Trainer:
         adapter_dir = self.save_adapter()
         return RunResult("completed", step, self.eval_before, eval_after, adapter_dir)
 
-    def _losses(self, batch, copies: int) -> torch.Tensor:
+    def _eager_losses(self, batch: Batch, copies: int) -> torch.Tensor:
         with lora.active_copies(self.adapter, copies):
             return self.objective.losses(self.model, batch, copies)
+
+    def _program_losses(self) -> Callable[[Batch, int], torch.Tensor]:
+        """The executorch backend: the step's losses from the lowered training program."""
+        from engine.executorch_train import program, runner
+
+        cfg = self.config
+        label_ids = self.objective.label_ids
+        spec = program.ProgramSpec(
+            task=self.objective.task, copies=copies_needed(cfg.optimizer), rows=cfg.batch_size,
+            max_seq_len=cfg.max_seq_len, lora_values=self.adapter.store.size,
+            label_ids=[] if label_ids is None else label_ids.tolist())
+        self.bus.emit("status", state="loading", message="preparing the ExecuTorch training program")
+        traced = program.TrainingProgram(self.model, self.adapter, self.objective, spec.copies)
+        path = program.cached_program(self.output_dir, program.program_key(cfg, self.model_folder, spec),
+                                      traced, spec, self.bus.log)
+        losses = runner.ProgramLosses(path, spec)
+        return lambda batch, copies: losses(batch, self.adapter.store.copies[:copies])
 
     def evaluate(self, step: int) -> dict:
         self.bus.emit("status", state="evaluating", message=f"evaluating at step {step}")

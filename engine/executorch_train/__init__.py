@@ -1,0 +1,1 @@
+"""P-RGE training through ExecuTorch's runtime: the lowered training program and its runner."""
