@@ -19,6 +19,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 STDERR_LINES = 50
 TERMINATE_AFTER_MS = 10_000  # after `stop`: the engine finishes its step and checkpoints first
 KILL_AFTER_MS = 5_000  # after terminate
+# A burst of events (a flood, or a backlog after the window was busy) is handled in slices with
+# the event loop turning between them, so the window keeps painting and answering clicks.
+LINES_PER_TURN = 200
 
 
 def engine_command(*args: str) -> list[str]:
@@ -53,6 +56,8 @@ class EngineClient(QObject):
         self._process: QProcess | None = None
         self._stdout_buffer = b""
         self._stderr_buffer = b""
+        self._pending: deque[bytes] = deque()
+        self._drain_queued = False
         self._done: Event | None = None
         self._finished = True
         self._watchdog = QTimer(self, singleShot=True)
@@ -77,6 +82,7 @@ class EngineClient(QObject):
         process.errorOccurred.connect(self._process_error)
         self._process = process
         self._stdout_buffer = self._stderr_buffer = b""
+        self._pending.clear()
         self._done = None
         self._finished = False
         self.stderr_tail.clear()
@@ -118,9 +124,19 @@ class EngineClient(QObject):
             return
         self._stdout_buffer += bytes(self._process.readAllStandardOutput())
         *lines, self._stdout_buffer = self._stdout_buffer.split(b"\n")
-        for raw in lines:
-            if raw.strip():
-                self._handle_line(raw.decode("utf-8", errors="replace"))
+        self._pending.extend(raw for raw in lines if raw.strip())
+        self._drain(LINES_PER_TURN)
+
+    def _drain(self, limit: int) -> None:
+        for _ in range(min(limit, len(self._pending))):
+            self._handle_line(self._pending.popleft().decode("utf-8", errors="replace"))
+        if self._pending and not self._drain_queued:
+            self._drain_queued = True
+            QTimer.singleShot(0, self._drain_next_slice)
+
+    def _drain_next_slice(self) -> None:
+        self._drain_queued = False
+        self._drain(LINES_PER_TURN)
 
     def _handle_line(self, line: str) -> None:
         if self._finished:
@@ -152,6 +168,7 @@ class EngineClient(QObject):
 
     def _process_finished(self, exit_code: int, _status: QProcess.ExitStatus) -> None:
         self._read_stdout()
+        self._drain(len(self._pending))  # `done` must be seen before the run is judged
         self._read_stderr()
         if self._stdout_buffer.strip():  # a last line without its newline
             self._handle_line(self._stdout_buffer.decode("utf-8", errors="replace"))
