@@ -7,7 +7,10 @@ copy c), so one forward pass evaluates every perturbed adapter:
 
     y = base(x)                                    one dense GEMM over the whole tiled batch
     h = x @ A.T                                    LoRA-FA: A shared, (copies*b, L, r)
-    y += scale * bmm(h.view(copies, b*L, r), B^T)  each copy uses its own B
+    y += scale * bmm(h.view(copies, b*L, r), B^T)  each copy uses its own B (one baddbmm)
+
+With LoRA-FA, layers that read the same input (q/k/v, gate/up) compute their `x @ A.T` as one
+GEMM over their stacked A (SharedDown): at rank 8 each is a tiny, overhead-bound kernel.
 
 With variant "lora" A is trained too and also has a copy axis. peft stays the source of truth
 for the on-disk format: `save_peft_adapter` writes what `PeftModel.from_pretrained` loads.
@@ -61,6 +64,40 @@ class LoRAStore:
         return {name: self.view(name, flat) for name in self.slots}
 
 
+# Projections that read one input tensor in the architectures we train (Llama, Qwen, Mistral,
+# Gemma, SmolLM). SharedDown checks the input's identity on every call, so a model that feeds
+# them different tensors stays correct and only loses the fusion.
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+class SharedDown:
+    """LoRA-FA's `x @ A.T` for sibling layers: one GEMM over their stacked A, sliced per layer.
+
+    The first sibling called with an input computes the product for all of them; the others take
+    their slice while the input is the same tensor. The cache is dropped once every sibling has
+    taken its slice, so no activation outlives its forward.
+    """
+
+    def __init__(self, stacked_a: torch.Tensor, parts: list[slice]) -> None:
+        self.stacked_a = stacked_a
+        self.parts = parts
+        self._input: torch.Tensor | None = None
+        self._output: torch.Tensor | None = None
+        self._waiting: set[int] = set()
+
+    def __call__(self, x: torch.Tensor, member: int) -> torch.Tensor:
+        # Identity, not a version counter: inference tensors have none, and a module's input is
+        # not modified in place between its sibling projections.
+        if x is not self._input or member not in self._waiting:
+            self._input, self._output = x, x @ self.stacked_a.T
+            self._waiting = set(range(len(self.parts)))
+        out = self._output[..., self.parts[member]]
+        self._waiting.discard(member)
+        if not self._waiting:
+            self._input = self._output = None
+        return out
+
+
 class LoRALinear(nn.Module):
     """A frozen linear layer plus a low-rank update whose trained tensors live in a LoRAStore."""
 
@@ -75,6 +112,7 @@ class LoRALinear(nn.Module):
         # LoRA-FA: A is frozen and shared by all copies; full LoRA: A is trained (in the store).
         self.register_buffer("frozen_a", None if train_a else a_init, persistent=False)
         self.active_copies = 1
+        self.shared_down: tuple[SharedDown, int] | None = None  # (siblings' GEMM, my part)
 
     @property
     def a_key(self) -> str:
@@ -94,10 +132,12 @@ class LoRALinear(nn.Module):
             a = self.store.view(self.a_key)[:n]
             h = torch.bmm(x.reshape(n, -1, x.shape[-1]), a.transpose(1, 2))
         else:
-            h = (x @ self.frozen_a.T).reshape(n, -1, self.frozen_a.shape[0])
-        delta = torch.bmm(h, b.transpose(1, 2))
+            h = x @ self.frozen_a.T if self.shared_down is None else self.shared_down[0](
+                x, self.shared_down[1])
+            h = h.reshape(n, -1, h.shape[-1])
         # In place: the base output is a fresh tensor that linear's backward does not need.
-        return y.add_(delta.view(y.shape), alpha=self.scale)
+        y.view(n, -1, y.shape[-1]).baddbmm_(h, b.transpose(1, 2), alpha=self.scale)
+        return y
 
 
 @dataclass
@@ -149,7 +189,31 @@ def inject(model: nn.Module, config: LoraConfig, copies: int, seed: int) -> Adap
         store.view(key).copy_(a.expand_as(store.view(key)))
     for layer in layers.values():
         layer.store = store
+    if not train_a:
+        _share_down_projections(layers)
     return Adapter(layers, store)
+
+
+def _share_down_projections(layers: dict[str, LoRALinear]) -> None:
+    """Give each group of adapted siblings (same parent, same input width) one SharedDown."""
+    for names in SIBLINGS:
+        groups: dict[tuple[str, int], list[LoRALinear]] = {}
+        for name, layer in layers.items():
+            parent, _, child = name.rpartition(".")
+            if child in names:
+                groups.setdefault((parent, layer.base.in_features), []).append(layer)
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            stacked = torch.cat([m.frozen_a for m in members])
+            ranks = [m.frozen_a.shape[0] for m in members]
+            starts = [sum(ranks[:i]) for i in range(len(ranks))]
+            parts = [slice(start, start + rank) for start, rank in zip(starts, ranks, strict=True)]
+            shared = SharedDown(stacked, parts)
+            for index, member in enumerate(members):
+                # A view into the stacked A, so the adapter saved to disk is the one used.
+                member.frozen_a = stacked[parts[index]]
+                member.shared_down = (shared, index)
 
 
 @contextmanager

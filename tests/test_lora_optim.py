@@ -84,22 +84,58 @@ def test_dual_single_and_mezo_agree(tiny_model, classification_data):
     assert all(torch.equal(dual_store.copies[i], dual_opt.theta) for i in range(6))
 
 
-def test_update_follows_the_estimator(tiny_model, classification_data):
-    """θ_new − θ_old = −lr/q Σ g_i z_i with z regenerated from the step's seeds."""
-    cfg = OptimizerConfig(name="prge", q=2, mode="dual", eps=1e-2, lr=0.5)
-    model, adapter = _model(tiny_model, copies=4)
+@pytest.mark.parametrize("name, mode", [("prge", "dual"), ("prge", "single"), ("mezo", "dual")])
+def test_update_follows_the_estimator(tiny_model, name, mode):
+    """θ_new − θ_old = −lr/q Σ g_i z_i, g_i = (L+_i − L−_i)/2ε, with z_i drawn from the step's seeds
+    (P-RGE reads z back from its copies; MeZO sums as it goes)."""
+    cfg = OptimizerConfig(name=name, q=2, mode=mode, eps=1e-2, lr=0.5)
+    model, adapter = _model(tiny_model, copies=copies_needed(cfg))
     optimizer = build(cfg, adapter.store, seed=9)
+    optimizer.theta.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
+    optimizer.broadcast()
     before = optimizer.theta.clone()
-    grads = [0.3, -1.2]
-    optimizer.apply_projected_grads(4, grads)
+    plus, minus = [0.9, 0.4], [0.7, 0.5]
+    # The order in which each optimiser asks for losses: dual [+, −] at once, single + then −,
+    # MeZO + − per direction.
+    served = {"dual": [plus + minus], "single": [plus, minus],
+              "mezo": [[plus[0]], [minus[0]], [plus[1]], [minus[1]]]}["mezo" if name == "mezo" else mode]
+    calls = iter(served)
+    result = optimizer.step(lambda n: torch.tensor(next(calls)), step=4)
+    grads = [(p - m) / (2 * 1e-2) for p, m in zip(plus, minus, strict=True)]
+    assert result.projected_grads == pytest.approx(grads)
     expected = before.clone()
     for i, g in enumerate(grads):
         expected -= 0.5 * g / 2 * optimizer.direction(4, i)
-    torch.testing.assert_close(optimizer.theta, expected)
-    assert (optimizer.theta - before).abs().max() > 0
+    # z read back from θ ± εz carries θ's rounding, amplified by 1/ε.
+    torch.testing.assert_close(optimizer.theta, expected, atol=1e-5, rtol=1e-4)
+    assert (optimizer.theta - before).abs().max() > 1e-2
+    assert all(torch.equal(copy, optimizer.theta) for copy in adapter.store.copies)
     # z is a function of (seed, step, direction) only.
     torch.testing.assert_close(optimizer.direction(4, 1).clone(), optimizer.direction(4, 1))
     assert not torch.equal(optimizer.direction(4, 0).clone(), optimizer.direction(5, 0))
+
+
+def test_siblings_share_one_down_projection(tiny_model):
+    """q/k/v and gate/up compute x @ A.T as one GEMM; same output as each layer alone, and no
+    activation is kept once the forward is over."""
+    torch.manual_seed(1)
+    model, adapter = _model(tiny_model, copies=2)
+    adapter.store.copies.normal_(0, 0.5)
+    shared = {layer.name.rpartition(".")[2]: layer.shared_down for layer in adapter.layers.values()}
+    assert shared["q_proj"] is not None and shared["gate_proj"] is not None
+    assert shared["o_proj"] is None and shared["down_proj"] is None
+    first = next(layer for layer in adapter.layers.values() if layer.name.endswith("q_proj"))
+    assert first.shared_down[0].stacked_a.shape[0] == 3 * 4  # q, k, v at rank 4
+    ids = torch.randint(0, 400, (3, 9)).repeat(2, 1)
+    with torch.inference_mode(), lora.active_copies(adapter, 2):
+        fused = model(input_ids=ids).logits
+        assert all(layer.shared_down[0]._output is None for layer in adapter.layers.values()
+                   if layer.shared_down)
+        for layer in adapter.layers.values():
+            layer.shared_down = None
+        alone = model(input_ids=ids).logits
+    torch.testing.assert_close(fused, alone, atol=1e-5, rtol=1e-5)
+    assert (fused[0] - fused[3]).abs().max() > 1e-3  # the two copies really differ
 
 
 def test_perturbation_does_not_touch_the_global_rng(tiny_model, classification_data):

@@ -45,12 +45,16 @@ def test_golden_loss_sequence(tiny_config):
 
 
 def test_training_fits_a_small_set(tiny_config, classification_data, tmp_path):
-    """Zeroth-order steps really learn: on 32 rows scored in-sample, loss and accuracy move."""
+    """Zeroth-order steps really learn: on 32 rows scored in-sample, loss and accuracy move.
+
+    lr 0.05, not 0.1: at 0.1 float32 rounding differences split trajectories after 10-25 steps
+    and the end point wandered (loss 0.58-0.71 over seeds 0-3); at 0.05 seeds 0-3 all end
+    at 0.64-0.67 from 0.75, accuracy 0.34 → 0.59-0.69."""
     small = tmp_path / "small.jsonl"
     small.write_text("".join(classification_data.read_text().splitlines(keepends=True)[:32]))
     result, _, _ = _train(tiny_config(f"dataset={small}", f"eval_dataset={small}", "steps=40",
                                       "eval_every=0", "checkpoint_every=0", "eval_rows=32",
-                                      "optimizer.q=4", "batch_size=4", "optimizer.lr=0.1"))
+                                      "optimizer.q=4", "batch_size=4", "optimizer.lr=0.05"))
     before, after = result.eval_before, result.eval_after
     assert after["loss"] < before["loss"] - 0.05
     assert after["accuracy"] >= before["accuracy"] + 0.2

@@ -50,16 +50,14 @@ class TrainedOptimizer:
         self._generator.manual_seed(direction_seed(self.seed, step, direction))
         return torch.randn(self.theta.shape, generator=self._generator, out=self._z)
 
-    def set_copy(self, copy: int, step: int, direction: int, scale: float) -> None:
-        """Copy `copy` of the adapter ← θ + scale · z_direction."""
-        z = self.direction(step, direction)
+    def perturb(self, copy: int, z: torch.Tensor, scale: float) -> None:
+        """Copy `copy` of the adapter ← θ + scale · z."""
         torch.add(self.theta, z, alpha=scale, out=self.store.copies.data[copy])
 
-    def apply_projected_grads(self, step: int, grads: list[float]) -> None:
-        """θ ← θ − lr · (1/q) Σ g_i z_i, then every copy ← θ."""
-        q = len(grads)
-        for i, g in enumerate(grads):
-            self.theta.add_(self.direction(step, i), alpha=-self.config.lr * g / q)
+    def update(self, directions: torch.Tensor, grads: list[float], unit: float) -> None:
+        """θ ← θ − lr · (1/q) Σ g_i · unit · directions[i] (one GEMV), then every copy ← θ."""
+        coefficients = torch.tensor(grads, dtype=self.theta.dtype, device=self.theta.device)
+        self.theta.addmv_(directions.T, coefficients, alpha=-self.config.lr * unit / len(grads))
         self.broadcast()
 
     def broadcast(self) -> None:
