@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
+from engine import lora
 from engine.bench import main
+from engine.errors import UserError
 from tests.conftest import DEMO_DATA, REPO
 
 
@@ -64,6 +66,27 @@ def test_step_records_every_optimiser_and_the_ratios(tiny_model, tmp_path):
     assert (tmp_path / "plots" / "bench-step-smoke.png").exists()
 
 
+def test_step_times_a_baseline_revision_beside_the_working_tree(tiny_model, tmp_path):
+    """--baseline REV: that revision's own lora/optim code, timed in the same interleaved run."""
+    from engine.bench import baseline
+
+    old_lora, old_optim = baseline.load("HEAD")
+    assert old_lora.__name__ == "engine_at_HEAD.lora" and old_lora.__file__ != lora.__file__
+    assert old_optim.build.__module__ == "engine_at_HEAD.optim"
+    assert main(["step", *_common(tiny_model, tmp_path), "--seq-len", "8", "--qs", "2",
+                 "--effective-batch", "2", "--fixed-b", "1", "--fixed-b-max-q", "2",
+                 "--reps", "1", "--warmup", "1", "--baseline", "HEAD", "--tag", "base"]) == 0
+    record = json.loads((tmp_path / "results" / "step-base.json").read_text())
+    assert record["baseline"] == "HEAD"
+    row = record["sweeps"][0]["rows"][0]
+    assert {"prge dual @HEAD", "mezo @HEAD"} <= set(row["timings"])
+    t = {k: v["median_s"] for k, v in row["timings"].items()}
+    assert row["gain_over_baseline"]["mezo"] == pytest.approx(t["mezo @HEAD"] / t["mezo"])
+    assert (tmp_path / "plots" / "bench-step-base.png").exists()
+    with pytest.raises(UserError, match="--baseline no-such-rev"):
+        baseline.load("no-such-rev")
+
+
 @pytest.fixture
 def sst2_like(tmp_path):
     """The demo reviews in SST-2's file format (sentence<TAB>label, header)."""
@@ -80,7 +103,7 @@ def test_accuracy_runs_every_optimiser_on_one_held_out_set(tiny_model, tmp_path,
                  "--work", str(tmp_path / "runs")]) == 0
     record = json.loads((tmp_path / "results" / "accuracy.json").read_text())
     names = [r["name"] for r in record["runs"]]
-    assert names == ["prge q=1 b=16", "prge q=4 b=4", "prge q=16 b=1", "mezo q=4 b=4", "fo b=16"]
+    assert names == ["prge q=4 b=4", "prge q=16 b=1", "fo b=16", "mezo q=4 b=4", "prge q=1 b=16"]
     assert 0 <= record["zero_shot_accuracy"] <= 1
     for run in record["runs"]:
         assert run["config"]["eval_dataset"].endswith("sst2-eval.jsonl")

@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed-b-max-q", type=int, default=8)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--baseline", metavar="REV",
+                   help="also time prge dual and mezo as at git revision REV, interleaved (before/after)")
     p.add_argument("--profile", action="store_true",
                    help="also profile one prge dual step and one plain forward per q (top ops)")
 
@@ -121,7 +123,7 @@ def main(argv: list[str]) -> int:
         else:
             record = speed.step_times(args.model, args.seq_len, args.qs, args.effective_batch,
                                       args.fixed_b, args.fixed_b_max_q, args.reps, args.warmup,
-                                      args.threads, args.profile)
+                                      args.threads, args.profile, args.baseline)
     path = write_json(record, args.results / f"{args.what}{suffix}.json")
     from engine.bench.plots import plot_all
     from engine.bench.report import summary

@@ -30,12 +30,14 @@ class Variant:
 
 
 VARIANTS = [
-    Variant("prge q=1 b=16", ["optimizer.name=prge", "optimizer.q=1", "batch_size=16"], 1.0),
+    # Most informative per second first, so a sweep stopped part-way keeps the most: the
+    # calibration setting, then the cheapest steps (q=16 b=1 never pads, fo), then the slowest.
     Variant("prge q=4 b=4", ["optimizer.name=prge", "optimizer.q=4", "batch_size=4"], 1.0),
     Variant("prge q=16 b=1", ["optimizer.name=prge", "optimizer.q=16", "batch_size=1"], 1.0),
+    Variant("fo b=16", ["optimizer.name=fo", "batch_size=16", "optimizer.lr=1e-3"], 0.5),
     # Same directions and batches as prge q=4, so the same curve per step; it is here for seconds.
     Variant("mezo q=4 b=4", ["optimizer.name=mezo", "optimizer.q=4", "batch_size=4"], 0.5),
-    Variant("fo b=16", ["optimizer.name=fo", "batch_size=16", "optimizer.lr=1e-3"], 0.5),
+    Variant("prge q=1 b=16", ["optimizer.name=prge", "optimizer.q=1", "batch_size=16"], 1.0),
 ]
 
 # Zeroth-order settings of the earlier calibration run (see docs/benchmarks.md); shared by all.

@@ -64,9 +64,13 @@ def _step(record: dict, target: Path) -> None:
     fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4), squeeze=False)
     for axis, sweep in zip(axes[0], sweeps, strict=True):
         qs = [row["q"] for row in sweep["rows"]]
-        for name in ("prge dual", "prge single", "mezo", "fo", "forward 2qb"):
+        names = ["prge dual", "prge single", "mezo", "fo", "forward 2qb"]
+        if record.get("baseline"):
+            names += [f"prge dual @{record['baseline']}", f"mezo @{record['baseline']}"]
+        for name in names:
             axis.plot(qs, [row["timings"][name]["median_s"] * 1e3 for row in sweep["rows"]],
-                      marker="o", label=name, linestyle="--" if name.startswith("forward") else "-")
+                      marker="o" if "@" not in name else "x", label=name,
+                      linestyle="--" if name.startswith("forward") else ":" if "@" in name else "-")
         twin = axis.twinx()
         twin.plot(qs, [row["speedup"] for row in sweep["rows"]], color="black", marker="s",
                   label="S (prge dual vs mezo)")

@@ -49,6 +49,11 @@ def _step(record: dict) -> list[str]:
                 f"{_ms(t['mezo'])} | {_ms(t['fo'])} | {_ms(t['forward 2qb'])} | "
                 f"{_ms(t['forward b'])} | {row['speedup']:.2f} | {row['ideal_speedup']:.2f} | "
                 f"{row['speedup'] / row['ideal_speedup']:.2f} | {row['limit_ratio']:.3f}")
+            if "gain_over_baseline" in row:
+                rev = record["baseline"]
+                lines.append("        at " + rev + ": " + ", ".join(
+                    f"{name} {_ms(t[f'{name} @{rev}'])} ({gain:.2f}x now)"
+                    for name, gain in row["gain_over_baseline"].items()))
     for entry in record.get("profiles", []):
         lines.append(f"\nprofile q={entry['q']} b={entry['b']} ({entry['what']}), self CPU ms:")
         lines += [f"  {op['self_ms']:8.1f}  {op['calls']:5d}x  {op['name']}" for op in entry["top"]]

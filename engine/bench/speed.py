@@ -11,12 +11,12 @@ import copy
 
 import torch
 
+from engine import lora as engine_lora
 from engine import model as models
+from engine import optim as engine_optim
 from engine.bench.common import environment, finish, interleaved
 from engine.config import LoraConfig, OptimizerConfig
-from engine.lora import active_copies, inject
 from engine.objective import Batch, Objective
-from engine.optim import build, copies_needed
 
 LABEL_WORDS = [" terrible", " great"]
 # The shape of the test suite's tiny Llama (tests/conftest.py), with SmolLM2's tokenizer.
@@ -87,15 +87,18 @@ def _clone(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
 
 
-def _stepper(model, objective: Objective, batch: Batch, config: OptimizerConfig):
-    """One optimiser step per call, on its own adapter over a weight-sharing clone of `model`."""
+def _stepper(model, objective: Objective, batch: Batch, config: OptimizerConfig,
+             implementation: tuple | None = None):
+    """One optimiser step per call, on its own adapter over a weight-sharing clone of `model`;
+    `implementation` is another revision's (lora, optim) modules (engine/bench/baseline.py)."""
+    lora, optim = implementation or (engine_lora, engine_optim)
     clone = _clone(model)
-    adapter = inject(clone, LoraConfig(), copies_needed(config), seed=0)
-    optimizer = build(config, adapter.store, seed=0)
+    adapter = lora.inject(clone, LoraConfig(), optim.copies_needed(config), seed=0)
+    optimizer = optim.build(config, adapter.store, seed=0)
     step = [0]
 
     def losses(n: int) -> torch.Tensor:
-        with active_copies(adapter, n):
+        with lora.active_copies(adapter, n):
             return objective.losses(clone, batch, n)
 
     def run() -> None:
@@ -106,9 +109,10 @@ def _stepper(model, objective: Objective, batch: Batch, config: OptimizerConfig)
 
 
 def variants_for(model, objective: Objective, vocab: int, q: int, b: int, seq_len: int,
-                 only: str | None = None) -> dict:
+                 only: str | None = None, baseline: tuple[str, tuple] | None = None) -> dict:
     """Every optimiser's step and the two plain forwards S* and L are taken against, at (q, b);
-    with `only`, just that optimiser's step (and the forwards)."""
+    with `only`, just that optimiser's step (and the forwards); with `baseline` (revision,
+    (lora, optim)), also that revision's prge dual and mezo steps ("prge dual @REV")."""
     batch = synthetic_batch(b, seq_len, vocab)
     configs = {
         "prge dual": OptimizerConfig(name="prge", q=q, mode="dual"),
@@ -118,27 +122,39 @@ def variants_for(model, objective: Objective, vocab: int, q: int, b: int, seq_le
     }
     runs = {name: _stepper(model, objective, batch, config) for name, config in configs.items()
             if only in (None, name)}
+    if baseline:
+        revision, implementation = baseline
+        for name in ("prge dual", "mezo"):
+            if only in (None, name):
+                runs[f"{name} @{revision}"] = _stepper(model, objective, batch, configs[name],
+                                                       implementation)
     runs["forward 2qb"] = _forward(model, objective, synthetic_batch(2 * q * b, seq_len, vocab))
     runs["forward b"] = _forward(model, objective, batch)
     return runs
 
 
 def step_times(reference: str, seq_len: int, qs: list[int], effective_batch: int, fixed_b: int,
-               fixed_b_max_q: int, reps: int, warmup: int, threads: int, profile: bool) -> dict:
+               fixed_b_max_q: int, reps: int, warmup: int, threads: int, profile: bool,
+               baseline: str | None = None) -> dict:
     model, tokenizer = load(reference)
+    old = None
+    if baseline:
+        from engine.bench import baseline as baselines
+
+        old = (baseline, baselines.load(baseline))
     objective = Objective(tokenizer, "classification", seq_len, LABEL_WORDS)
     vocab = len(tokenizer)
     record = {"benchmark": "step", "model": reference, "seq_len": seq_len,
               "lora": "lora-fa r=8 on all 7 projections (the demo's)", "eps": 1e-2,
               "environment": environment(threads), "reps": reps, "warmup": warmup,
-              "sweeps": [], "profiles": []}
+              "baseline": baseline, "sweeps": [], "profiles": []}
     sweeps = [(f"q·b = {effective_batch}", [(q, effective_batch // q) for q in qs
                                              if effective_batch % q == 0]),
               (f"b = {fixed_b}", [(q, fixed_b) for q in qs if q <= fixed_b_max_q])]
     for name, pairs in sweeps:
         rows = []
         for q, b in pairs:
-            runs = variants_for(model, objective, vocab, q, b, seq_len)
+            runs = variants_for(model, objective, vocab, q, b, seq_len, baseline=old)
             timings = {k: t.as_dict() for k, t in interleaved(runs, reps, warmup).items()}
             med = {k: t["median_s"] for k, t in timings.items()}
             rows.append({
@@ -147,6 +163,10 @@ def step_times(reference: str, seq_len: int, qs: list[int], effective_batch: int
                 "ideal_speedup": 2 * q * med["forward b"] / med["forward 2qb"],
                 "limit_ratio": med["prge dual"] / med["forward 2qb"],
             })
+            if baseline:
+                # How much faster the working tree is than the baseline (>1: faster now).
+                rows[-1]["gain_over_baseline"] = {
+                    name: med[f"{name} @{baseline}"] / med[name] for name in ("prge dual", "mezo")}
             if profile:
                 record["profiles"] += profiles(runs, q, b)
             print(f"  {name}: q={q} b={b} done", flush=True)
