@@ -49,9 +49,10 @@ def _losses(recorder) -> torch.Tensor:
 
 def _both(tiny_config, cache, *overrides):
     """(pytorch run, executorch run) of the same config, each as (result, recorder, trainer)."""
-    eager = _train_cached(tiny_config(*overrides, "output_dir=" + str(cache.parent / "eager")), cache)
-    program = _train_cached(tiny_config(*overrides, "backend=executorch"), cache)
-    return eager, program
+    program_config = tiny_config(*overrides, "backend=executorch")
+    eager_dir = Path(program_config.output_dir).with_name("eager")
+    eager = _train_cached(tiny_config(*overrides, f"output_dir={eager_dir}"), cache)
+    return eager, _train_cached(program_config, cache)
 
 
 def test_classification_losses_follow_pytorch(tiny_config, program_cache):
@@ -86,10 +87,10 @@ def test_adapter_loads_in_peft(tiny_config, tiny_model, program_cache):
     assert (plain - ours).abs().max() > 1e-5
 
 
-def test_resume_reuses_the_program_and_replays_the_run(tiny_config, program_cache):
+def test_resume_reuses_the_program_and_replays_the_run(tiny_config, program_cache, tmp_path):
     _, straight, _ = _train_cached(tiny_config("steps=4", "eval_every=0", "checkpoint_every=2",
-                                               "backend=executorch", "output_dir=" +
-                                               str(program_cache.parent / "straight")), program_cache)
+                                               "backend=executorch", f"output_dir={tmp_path / 'straight'}"),
+                                   program_cache)
     cfg = tiny_config("steps=2", "eval_every=0", "checkpoint_every=2", "backend=executorch")
     _train_cached(cfg, program_cache)
     (program,) = (Path(cfg.output_dir) / FOLDER).glob("train-*.pte")
