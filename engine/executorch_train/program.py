@@ -32,6 +32,7 @@ from torch import nn
 
 from engine import lora
 from engine.config import TrainConfig
+from engine.errors import UserError
 from engine.objective import Batch, Objective
 
 # Bump when the method's inputs, outputs or meaning change: older cached programs are rebuilt.
@@ -136,7 +137,12 @@ def cached_program(run_dir: Path, key: str, program: TrainingProgram, spec: Prog
     folder.mkdir(exist_ok=True)
     say("ExecuTorch training program: export and XNNPACK lowering (minutes for a 135M model)")
     started = time.perf_counter()
-    lowered = lower(program, spec)
+    try:
+        lowered = lower(program, spec)
+    except Exception as exc:  # torch.export / ExecuTorch refuse models in many ways
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"this model cannot be lowered to an ExecuTorch training program "
+                        f"({type(exc).__name__}: {first_line}); train it with backend=pytorch") from exc
     for stale in folder.glob("train-*"):
         stale.unlink()
     path.with_suffix(".json").write_text(json.dumps(
