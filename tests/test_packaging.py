@@ -143,3 +143,5 @@ def test_bundle_builds_and_passes_its_smoke_check():
                             text=True, timeout=3600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "smoke: run completed" in result.stdout
+    versions = next(line for line in result.stdout.splitlines() if line.startswith("smoke: versions:"))
+    assert "not installed" not in versions  # every package's metadata made it into the bundle
