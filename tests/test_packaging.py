@@ -19,6 +19,7 @@ from PySide6.QtGui import QImage
 from app import engine_client
 from app.engine_client import EngineClient, engine_command
 from app.json_tool import JsonTool
+from engine import __version__
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGING = REPO / "packaging"
@@ -54,7 +55,7 @@ def test_entry_script_dispatches_engine_and_app():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     engine = subprocess.run([sys.executable, str(PACKAGING / "edgetune.py"), "engine", "--version"],
                             capture_output=True, text=True, timeout=60, env=env)
-    assert engine.returncode == 0 and engine.stdout.strip() == "edgetune 0.1.0"
+    assert engine.returncode == 0 and engine.stdout.strip() == f"edgetune {__version__}"
     app = subprocess.run([sys.executable, str(PACKAGING / "edgetune.py"), "--help"],
                          capture_output=True, text=True, timeout=60, env=env)
     assert app.returncode == 0 and "--smoke" in app.stdout
