@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, Recorder, make_tiny_llama
+from conftest import REPO, Recorder
 from lora_runs import make_random_adapter
 
 from engine import config as config_io
@@ -84,8 +84,8 @@ def test_export_writes_a_verified_program_with_its_metadata(exported, trained_ru
     assert report["program_max_abs_diff"] < 1e-4
     assert report["top1_agreement"] == 1.0 and report["last_top1_agreement"] == 1.0
     assert report["adapter_max_abs_change"] > 0.05  # the trained adapter shows in the logits
-    assert report["tolerance"] == {"program_max_abs_diff": 1e-2, "max_abs_diff": 1e-2,
-                                   "min_top1_agreement": 0.98}
+    assert report["tolerance"] == {"program_max_abs_diff": 1e-2, "program_min_top1_agreement": 0.98,
+                                   "max_abs_diff": 1e-2, "min_top1_agreement": 0.98}
     assert list(meta["stage_seconds"]) == list(et.STAGES)
     assert meta["label_words"] == [" terrible", " great"] and meta["task"] == "classification"
     assert meta["max_seq_len"] == 256  # --max-seq-len 512 capped at the model's context
@@ -189,17 +189,15 @@ def test_unwritable_out_is_a_clear_error_before_any_work(trained_run, tmp_path, 
 
 
 @pytest.mark.slow
-def test_8da4w_program_matches_its_quantised_model(classification_data, tmp_path):
-    # Random init with a wide spread: the default 0.02 gives near-uniform logits whose top-1
-    # flips under any quantisation, which says nothing about the export.
-    model = make_tiny_llama(tmp_path / "peaky", initializer_range=0.2)
-    run = _train_run(model, classification_data, tmp_path / "run")
-    assert run_tool("export", [str(run), "--format", "executorch", "--quantize", "8da4w"]) == 0
-    folder = run / "export" / "executorch-8da4w"
-    meta = json.loads((folder / "metadata.json").read_text())
+def test_8da4w_program_matches_its_quantised_model(trained_run, exported):
+    assert run_tool("export", [str(trained_run), "--format", "executorch", "--quantize", "8da4w"]) == 0
+    meta = json.loads((trained_run / "export" / "executorch-8da4w" / "metadata.json").read_text())
     report = meta["verification"]
     print("\n8da4w tiny verification:", report)
-    assert report["program_max_abs_diff"] < 0.1 and report["program_top1_agreement"] > 0.98
-    assert report["top1_agreement"] >= 0.8
-    fp32_size = sum(p.numel() * 4 for p in _eager(run).parameters())
-    assert meta["program_bytes"] < fp32_size
+    assert meta["export"] == meta["export"] | {"quantize": "8da4w", "group_size": 32}
+    # The lowering: XNNPACK against torchao's eager model of the same weights (measured 98.7-100 %).
+    assert report["program_max_abs_diff"] < 0.1 and report["program_top1_agreement"] >= 0.98
+    # Quantisation moves the logits (reported, not checked).
+    assert report["max_abs_diff"] > report["program_max_abs_diff"]  # tiny: 0.34 against 0.023
+    fp32 = json.loads((exported / "metadata.json").read_text())
+    assert meta["program_bytes"] < 0.75 * fp32["program_bytes"]

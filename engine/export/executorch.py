@@ -16,13 +16,16 @@ prompts from the run's held-out data (the same file or seeded split the trainer 
 the reference is eager PyTorch with the PEFT adapter unmerged, so merging is checked too.
 Tolerances (per position, full-vocabulary logits):
 
-- fp32: max |Δlogit| ≤ 1e-2 and top-1 agreement ≥ 98 %. Both sides compute in float32; only
-  the order of additions differs (XNNPACK's GEMM tiling). Measured: 2e-6 on the tiny test model,
-  see docs/executorch.md for SmolLM2-135M.
-- 8da4w (int8 dynamic activations, int4 weights in groups of 32, torchao's
-  Int8DynamicActivationIntxWeightConfig, the scheme ExecuTorch's Llama export uses): weights
-  change, so logits are not expected to match; top-1 agreement ≥ 80 % is required and
-  max |Δlogit| is reported. Embeddings and the output head stay fp32.
+- fp32: max |Δlogit| ≤ 1e-2 and top-1 agreement ≥ 98 %, against both the adapter and the merged
+  model. Both sides compute in float32; only the order of additions differs (XNNPACK's GEMM
+  tiling). Measured: 6.4e-7 on the tiny test model; SmolLM2-135M in docs/executorch.md.
+- 8da4w (int8 dynamic activations, int4 weights in groups of 32: torchao's
+  Int8DynamicActivationIntxWeightConfig, the scheme ExecuTorch's Llama export uses; embeddings
+  and the output head stay fp32): the lowering is checked against torchao's eager model of the
+  same quantised weights (top-1 agreement ≥ 90 %); the quantisation error against float32 with
+  the adapter (max |Δlogit|, top-1 agreement) is reported in metadata.json, not checked: on
+  random-init test models it says nothing (their logits are nearly flat), and it has not been
+  measured on a real model yet.
 
 Progress goes to stderr as `executorch: stage I/N NAME: what` and `executorch: stage I/N NAME
 done in S s` lines (stages: load, export, lower, serialize, verify); the app shows them as stage
@@ -58,17 +61,21 @@ VERIFY_TOKENS = 64  # per prompt: enough positions to see drift, short enough to
 class Tolerance:
     # .pte against eager PyTorch running the very model that was exported (merged, and
     # quantised for 8da4w): checks the lowering alone.
-    program_max_abs_diff: float
+    program_max_abs_diff: float | None  # None: reported, not checked
+    program_min_top1_agreement: float
     # .pte against eager PyTorch with the run's adapter in float32: what the user gets.
-    max_abs_diff: float | None  # None: reported, not checked (quantisation changes the weights)
-    min_top1_agreement: float
+    max_abs_diff: float | None
+    min_top1_agreement: float | None
 
 
 TOLERANCES = {
-    "none": Tolerance(program_max_abs_diff=1e-2, max_abs_diff=1e-2, min_top1_agreement=0.98),
-    # XNNPACK rounds the dynamically quantised activations its own way: 0.012-0.023 measured on
-    # the tiny test model, with 100 % top-1 agreement.
-    "8da4w": Tolerance(program_max_abs_diff=0.1, max_abs_diff=None, min_top1_agreement=0.80),
+    "none": Tolerance(program_max_abs_diff=1e-2, program_min_top1_agreement=0.98,
+                      max_abs_diff=1e-2, min_top1_agreement=0.98),
+    # XNNPACK quantises the activations at run time with its own rounding, so only top-1
+    # agreement with torchao's eager model of the same weights is checked (tiny test model: 100 %,
+    # max |Δlogit| 0.012-0.023). The quantisation error itself (against float32) is reported.
+    "8da4w": Tolerance(program_max_abs_diff=None, program_min_top1_agreement=0.90,
+                       max_abs_diff=None, min_top1_agreement=None),
 }
 
 
@@ -96,12 +103,16 @@ class Verification:
 
     def problems(self) -> list[str]:
         tol, found = self.tolerance, []
-        if not self.program_max_abs_diff <= tol.program_max_abs_diff:
+        if tol.program_max_abs_diff is not None and \
+                not self.program_max_abs_diff <= tol.program_max_abs_diff:
             found.append(f"max |Δlogit| against the exported model {self.program_max_abs_diff:.3g}"
                          f" > {tol.program_max_abs_diff}")
+        if self.program_top1_agreement < tol.program_min_top1_agreement:
+            found.append(f"top-1 agreement with the exported model {self.program_top1_agreement:.1%}"
+                         f" < {tol.program_min_top1_agreement:.0%}")
         if tol.max_abs_diff is not None and not self.max_abs_diff <= tol.max_abs_diff:
             found.append(f"max |Δlogit| {self.max_abs_diff:.3g} > {tol.max_abs_diff}")
-        if self.top1_agreement < tol.min_top1_agreement:
+        if tol.min_top1_agreement is not None and self.top1_agreement < tol.min_top1_agreement:
             found.append(f"top-1 agreement {self.top1_agreement:.1%} < {tol.min_top1_agreement:.0%}")
         return found
 
