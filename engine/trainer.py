@@ -298,7 +298,7 @@ class Trainer:
         traced = program.TrainingProgram(self.model, self.adapter, self.objective, spec.copies)
         path = program.cached_program(self.output_dir, program.program_key(cfg, self.model_folder, spec),
                                       traced, spec, self.bus.log)
-        losses = runner.ProgramLosses(path, spec)
+        losses = runner.ProgramLosses(path, spec, cfg.threads)
         return lambda batch, copies: losses(batch, self.adapter.store.copies[:copies])
 
     def evaluate(self, step: int) -> dict:

@@ -148,3 +148,18 @@ def test_memory_measures_each_variant_in_its_own_process(tiny_model, tmp_path):
     assert record["prge_dual_over_inference"] > 0
     assert record["fo_over_prge_dual"] is None  # fo was not measured
     assert (tmp_path / "plots" / "bench-memory.png").exists()
+
+
+def test_backend_times_eager_against_the_executorch_program(tiny_model, tmp_path, capsys):
+    assert main(["backend", *_common(tiny_model, tmp_path), "--q", "2", "--b", "2", "--seq-len", "8",
+                 "--reps", "2", "--warmup", "1"]) == 0
+    record = json.loads((tmp_path / "results" / "backend.json").read_text())
+    assert set(record["timings"]) == {"pytorch", "executorch"}
+    for timing in record["timings"].values():
+        _finite_positive(timing)
+    assert record["program_bytes"] > 10_000 and record["lower_seconds"] > 0
+    # Both adapters took 3 steps from the same seed: the program computed eager's losses.
+    assert record["steps_per_backend"] == 3
+    assert record["max_theta"] > 0
+    assert record["max_theta_difference"] <= 1e-4 * record["max_theta"]
+    assert "executorch speed-up over eager" in capsys.readouterr().out

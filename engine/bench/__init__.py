@@ -2,6 +2,7 @@
 
     throughput  time of one plain forward at 1…64 rows, and the ideal P-RGE speed-up S*
     step        step time of prge dual/single, mezo and fo against plain forwards (S, S*, L)
+    backend     prge dual step time: eager PyTorch against the lowered ExecuTorch training program
     memory      peak RSS of each optimiser and of inference, each in a fresh process
     accuracy    SST-2 held-out accuracy against steps and seconds for every optimiser
     plot        redraw the PNGs in docs/ from the JSON results
@@ -56,6 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="also profile one prge dual step and one plain forward per q (top ops)")
 
+    p = sub.add_parser("backend", help="P-RGE step time, eager PyTorch against the ExecuTorch program")
+    common(p)
+    p.add_argument("--q", type=int, default=4)
+    p.add_argument("--b", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+
     p = sub.add_parser("memory", help="peak RSS per optimiser against an inference-only process")
     common(p)
     p.add_argument("--q", type=int, default=4)
@@ -109,6 +118,11 @@ def main(argv: list[str]) -> int:
         record = accuracy.run(args.model, args.sst2, args.steps, args.eval_every, args.eval_rows,
                               args.train_rows, args.threads, work, args.only, args.seeds,
                               save=lambda partial: write_json(partial, target))
+    elif args.what == "backend":
+        from engine.bench import backend
+
+        record = backend.run(args.model, args.q, args.b, args.seq_len, args.reps, args.warmup,
+                             args.threads)
     elif args.what == "memory":
         from engine.bench import memory
 

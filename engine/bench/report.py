@@ -11,7 +11,7 @@ def summary(record: dict) -> str:
             f"threads, torch {env['torch']}, rev {env['git_revision']}, load average "
             f"{_load(env['load_average_at_start'])} → {_load(env.get('load_average_at_end'))}")
     body = {"throughput": _throughput, "step": _step, "accuracy": _accuracy,
-            "memory": _memory}[record["benchmark"]]
+            "memory": _memory, "backend": _backend}[record["benchmark"]]
     return head + "\n" + "\n".join(body(record))
 
 
@@ -84,3 +84,15 @@ def _memory(record: dict) -> list[str]:
     for variant, predicted in (record["estimate"] or {}).items():
         lines.append(f"  engine/estimate.py predicts {variant}: {predicted / 2**20:.0f} MiB")
     return lines
+
+
+def _backend(record: dict) -> list[str]:
+    t = record["timings"]
+    return [f"\nprge dual q={record['q']} b={record['b']} seq_len {record['seq_len']}, ms median (min–max):",
+            f"  pytorch (eager) | {_ms(t['pytorch'])}",
+            f"  executorch (program) | {_ms(t['executorch'])}",
+            f"  executorch speed-up over eager: {record['speedup_executorch_over_pytorch']:.2f}x",
+            f"  program: {record['program_bytes'] / 2**20:.1f} MiB, exported and lowered in "
+            f"{record['lower_seconds']:.1f} s",
+            f"  max |Δθ| after {record['steps_per_backend']} steps each: "
+            f"{record['max_theta_difference']:.3g} (max |θ| {record['max_theta']:.3g})"]

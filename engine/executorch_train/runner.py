@@ -20,9 +20,14 @@ from engine.objective import Batch
 class ProgramLosses:
     """One mean loss per LoRA copy of a batch, computed by the training program."""
 
-    def __init__(self, path: Path, spec: ProgramSpec) -> None:
+    def __init__(self, path: Path, spec: ProgramSpec, threads: int = 0) -> None:
+        from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
+        if threads:
+            # XNNPACK's pool is separate from torch's: pin both, or the backends are timed
+            # (and share the CPUs) at different thread counts. Safe here: no method is running.
+            portable_lib._unsafe_reset_threadpool(threads)
         self.spec = spec
         self.method = Runtime.get().load_program(path).load_method("forward")
 
