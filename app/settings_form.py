@@ -18,7 +18,7 @@ from engine.config import _CHOICES, TrainConfig, get_field
 # The fields shown, in order (dotted paths into TrainConfig). Device, dtype and the memory
 # budget belong to the Device group (app.device_panel).
 FIELDS = (
-    "task", "steps", "batch_size", "max_seq_len",
+    "task", "steps", "batch_size", "max_seq_len", "backend",
     "optimizer.name", "optimizer.q", "optimizer.mode", "optimizer.eps", "optimizer.lr",
     "lora.variant", "lora.rank", "lora.alpha",
     "eval_every", "checkpoint_every", "seed", "threads",
@@ -89,6 +89,9 @@ class SettingsForm(QWidget):
                 widget.setToolTip('JSON list, label order, e.g. [" terrible", " great"]; [] infers')
             elif name == "prompt_template":
                 widget.setToolTip(r"{text} is the row's text; \n is a line break")
+        if name == "backend":
+            widget.setToolTip("executorch: every forward pass runs in the ExecuTorch runtime, as on a "
+                              "phone (CPU, float32, P-RGE or MeZO; lowering takes minutes once per run)")
         return widget
 
     def set_config(self, config: TrainConfig) -> None:

@@ -227,6 +227,12 @@ def test_settings_yaml_and_presets(make_window, tiny_model, classification_data,
     window.form.widgets["optimizer.lr"].setText("fast")
     window.start()
     assert "optimizer.lr" in window.status_line.text() and window.run.state == "idle"
+    window.form.widgets["optimizer.lr"].setText("0.01")
+    window.form.widgets["backend"].setCurrentText("executorch")
+    assert window.current_config().backend == "executorch"
+    window.form.widgets["optimizer.name"].setCurrentText("fo")
+    window.start()
+    assert "backend&quot; is executorch" in window.status_line.text() and window.run.state == "idle"
 
 
 def test_engine_that_crashes_is_reported_and_resume_offered(

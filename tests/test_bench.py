@@ -74,10 +74,12 @@ def test_step_times_a_baseline_revision_beside_the_working_tree(tiny_model, tmp_
     assert old_lora.__name__ == "engine_at_HEAD.lora" and old_lora.__file__ != lora.__file__
     assert old_optim.build.__module__ == "engine_at_HEAD.optim"
     assert main(["step", *_common(tiny_model, tmp_path), "--seq-len", "8", "--qs", "2",
-                 "--effective-batch", "2", "--fixed-b", "1", "--fixed-b-max-q", "2",
+                 "--effective-batch", "2", "--fixed-b", "1", "--fixed-b-max-q", "0",
                  "--reps", "1", "--warmup", "1", "--baseline", "HEAD", "--tag", "base"]) == 0
     record = json.loads((tmp_path / "results" / "step-base.json").read_text())
     assert record["baseline"] == "HEAD"
+    # --fixed-b-max-q 0 asks for the q·b sweep alone: no empty sweep to print or plot.
+    assert [s["name"] for s in record["sweeps"]] == ["q·b = 2"]
     row = record["sweeps"][0]["rows"][0]
     assert {"prge dual @HEAD", "mezo @HEAD"} <= set(row["timings"])
     t = {k: v["median_s"] for k, v in row["timings"].items()}

@@ -152,6 +152,8 @@ def step_times(reference: str, seq_len: int, qs: list[int], effective_batch: int
                                              if effective_batch % q == 0]),
               (f"b = {fixed_b}", [(q, fixed_b) for q in qs if q <= fixed_b_max_q])]
     for name, pairs in sweeps:
+        if not pairs:  # e.g. --fixed-b-max-q 0: only the q·b sweep was asked for
+            continue
         rows = []
         for q, b in pairs:
             runs = variants_for(model, objective, vocab, q, b, seq_len, baseline=old)
