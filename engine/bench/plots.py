@@ -95,12 +95,13 @@ def _accuracy(record: dict, target: Path) -> None:
     colours = {}
     for run in record["runs"]:
         curve = run["curve"]
-        # One colour per variant; its seeds share it, so the spread between seeds shows.
+        # One colour per variant, its seeds told apart by marker, so the spread between seeds shows.
         colour = colours.setdefault(run["name"], f"C{len(colours)}")
+        marker = "osD^v"[record["seeds"].index(run["seed"]) % 5] if run["seed"] in record["seeds"] else "o"
         label = run["name"] if sum(r["name"] == run["name"] for r in record["runs"]) == 1 \
             else f"{run['name']} seed {run['seed']}"
         for axis, x in ((left, "step"), (right, "train_seconds")):
-            axis.plot([p[x] for p in curve], [p["accuracy"] for p in curve], marker="o",
+            axis.plot([p[x] for p in curve], [p["accuracy"] for p in curve], marker=marker,
                       color=colour, alpha=0.85, label=label)
     zero = record.get("zero_shot_accuracy")
     for axis, xlabel in ((left, "step"), (right, "training seconds (evaluation excluded)")):
