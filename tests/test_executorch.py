@@ -22,6 +22,7 @@ from lora_runs import make_random_adapter
 from engine import config as config_io
 from engine.chat import Settings
 from engine.cli import run_tool
+from engine.errors import UserError
 from engine.events import EventBus
 from engine.export import executorch as et
 from engine.protocol import decode
@@ -201,3 +202,22 @@ def test_8da4w_program_matches_its_quantised_model(trained_run, exported):
     assert report["max_abs_diff"] > report["program_max_abs_diff"]  # tiny: 0.34 against 0.023
     fp32 = json.loads((exported / "metadata.json").read_text())
     assert meta["program_bytes"] < 0.75 * fp32["program_bytes"]
+
+
+def test_bench_pte_times_the_program_against_eager_on_the_same_weights(exported, trained_run, tmp_path):
+    from engine.bench import main as bench
+
+    out = ["--results", str(tmp_path), "--plots", str(tmp_path)]
+    assert bench(["pte", str(trained_run), "--threads", "1", "--lengths", "1", "5", "--reps", "2",
+                  "--warmup", "1", *out]) == 0
+    record = json.loads((tmp_path / "pte.json").read_text())
+    assert [row["tokens"] for row in record["lengths"]] == [1, 5]
+    for row in record["lengths"]:
+        assert row["max_abs_logit_difference"] < 1e-3  # the program is the merged model
+        for timing in row["timings"].values():
+            assert timing["reps"] == 2 and 0 < timing["min_s"] <= timing["median_s"]
+    assert record["program_bytes"] == (exported / "model.pte").stat().st_size
+    with pytest.raises(UserError, match="longer than the program's max_seq_len"):
+        bench(["pte", str(trained_run), "--lengths", "100000", *out])
+    with pytest.raises(UserError, match="no exported program"):
+        bench(["pte", str(tmp_path), *out])

@@ -3,6 +3,7 @@
     throughput  time of one plain forward at 1…64 rows, and the ideal P-RGE speed-up S*
     step        step time of prge dual/single, mezo and fo against plain forwards (S, S*, L)
     backend     prge dual step time: eager PyTorch against the lowered ExecuTorch training program
+    pte         forward time of a run's exported .pte against eager PyTorch with the merged adapter
     memory      peak RSS of each optimiser and of inference, each in a fresh process
     accuracy    SST-2 held-out accuracy against steps and seconds for every optimiser
     plot        redraw the PNGs in docs/ from the JSON results
@@ -65,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
 
+    p = sub.add_parser("pte", help="a run's exported .pte against eager PyTorch, forward time")
+    p.add_argument("run", type=Path, help="run folder with export/executorch/model.pte")
+    p.add_argument("--threads", type=int, default=2, help="torch and XNNPACK threads (default 2)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON results")
+    p.add_argument("--plots", type=Path, default=DOCS, help="folder for the PNG plots")
+    p.add_argument("--tag", default="", help="suffix of the result file name")
+    p.add_argument("--lengths", type=int, nargs="+", default=[1, 32, 128], help="tokens per forward")
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+
     p = sub.add_parser("memory", help="peak RSS per optimiser against an inference-only process")
     common(p)
     p.add_argument("--q", type=int, default=4)
@@ -123,6 +134,10 @@ def main(argv: list[str]) -> int:
 
         record = backend.run(args.model, args.q, args.b, args.seq_len, args.reps, args.warmup,
                              args.threads)
+    elif args.what == "pte":
+        from engine.bench import pte
+
+        record = pte.run(args.run, args.lengths, args.reps, args.warmup, args.threads)
     elif args.what == "memory":
         from engine.bench import memory
 

@@ -11,7 +11,7 @@ def summary(record: dict) -> str:
             f"threads, torch {env['torch']}, rev {env['git_revision']}, load average "
             f"{_load(env['load_average_at_start'])} → {_load(env.get('load_average_at_end'))}")
     body = {"throughput": _throughput, "step": _step, "accuracy": _accuracy,
-            "memory": _memory, "backend": _backend}[record["benchmark"]]
+            "memory": _memory, "backend": _backend, "pte": _pte}[record["benchmark"]]
     return head + "\n" + "\n".join(body(record))
 
 
@@ -96,3 +96,14 @@ def _backend(record: dict) -> list[str]:
             f"{record['lower_seconds']:.1f} s",
             f"  max |Δθ| after {record['steps_per_backend']} steps each: "
             f"{record['max_theta_difference']:.3g} (max |θ| {record['max_theta']:.3g})"]
+
+
+def _pte(record: dict) -> list[str]:
+    lines = [f"\n{record['run']}/export/executorch/model.pte ({record['program_bytes'] / 2**20:.1f} MiB), "
+             "one forward, ms median (min–max):",
+             "  tokens | executorch | pytorch (merged adapter) | speed-up | max |Δlogit|"]
+    for row in record["lengths"]:
+        t = row["timings"]
+        lines.append(f"  {row['tokens']:6d} | {_ms(t['executorch'])} | {_ms(t['pytorch'])} | "
+                     f"{row['speedup_executorch_over_pytorch']:.2f}x | {row['max_abs_logit_difference']:.2g}")
+    return lines

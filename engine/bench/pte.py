@@ -1,0 +1,63 @@
+"""Forward time of a run's exported ExecuTorch program against eager PyTorch on the same weights.
+
+The program is `RUN/export/executorch/model.pte` (`python -m engine export RUN --format
+executorch`); the eager side is the run's base model with its adapter merged, the model the
+program was made from. Both see the same random token ids per length and are interleaved; the
+record keeps each length's max |Δlogit|, so a timing of a program that computes something else
+cannot pass unnoticed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine.bench.common import environment, finish, interleaved
+from engine.errors import UserError
+
+
+def run(run_dir: Path, lengths: list[int], reps: int, warmup: int, threads: int) -> dict:
+    from executorch.extension.pybindings import portable_lib
+
+    from engine.export import executorch, run_folder
+
+    pte = run_dir / "export" / "executorch" / "model.pte"
+    if not pte.is_file():
+        raise UserError(f"{pte}: no exported program; run `python -m engine export {run_dir} "
+                        "--format executorch` first")
+    max_seq_len = executorch.read_metadata(pte)["max_seq_len"]
+    if max(lengths) > max_seq_len:
+        raise UserError(f"--lengths {max(lengths)} is longer than the program's max_seq_len "
+                        f"{max_seq_len}")
+    portable_lib._unsafe_reset_threadpool(threads)
+    method = executorch._load_method(pte)
+    loaded = executorch._load(*run_folder(run_dir))
+    eager = executorch._merged(loaded.adapted)
+    vocab = eager.config.vocab_size
+    record = {"benchmark": "pte", "model": loaded.config.model, "run": str(run_dir),
+              "program_bytes": pte.stat().st_size, "environment": environment(threads),
+              "reps": reps, "warmup": warmup, "lengths": []}
+    for length in lengths:
+        generator = torch.Generator().manual_seed(length)
+        ids = torch.randint(0, vocab, (1, length), generator=generator)
+        program, pytorch = _forwards(method, eager, ids)
+        difference = (program() - pytorch()).abs().max().item()
+        timings = interleaved({"executorch": program, "pytorch": pytorch}, reps, warmup)
+        record["lengths"].append({
+            "tokens": length, "max_abs_logit_difference": difference,
+            "timings": {name: t.as_dict() for name, t in timings.items()},
+            "speedup_executorch_over_pytorch":
+                timings["pytorch"].median_seconds / timings["executorch"].median_seconds})
+    return finish(record)
+
+
+def _forwards(method, eager: torch.nn.Module, ids: torch.Tensor):
+    """(program, eager) forwards over `ids`, each returning the logits."""
+    def program() -> torch.Tensor:
+        return method.execute([ids])[0]
+
+    def pytorch() -> torch.Tensor:
+        with torch.inference_mode():
+            return eager(input_ids=ids, use_cache=False).logits
+    return program, pytorch
