@@ -221,3 +221,16 @@ def test_bench_pte_times_the_program_against_eager_on_the_same_weights(exported,
         bench(["pte", str(trained_run), "--lengths", "100000", *out])
     with pytest.raises(UserError, match="no exported program"):
         bench(["pte", str(tmp_path), *out])
+
+
+def test_a_program_that_fails_verification_is_set_aside(trained_run, tmp_path, monkeypatch):
+    # A tolerance no float32 lowering meets: the real export and verification run, and fail.
+    monkeypatch.setitem(et.TOLERANCES, "none", et.Tolerance(
+        program_max_abs_diff=0.0, program_min_top1_agreement=1.0, max_abs_diff=0.0,
+        min_top1_agreement=1.0))
+    out = tmp_path / "rejected"
+    with pytest.raises(UserError, match="disagrees with eager PyTorch") as failure:
+        et.export(trained_run, out, max_seq_len=32)
+    assert str(out / "model.pte.rejected") in str(failure.value)
+    assert not (out / "model.pte").exists() and (out / "model.pte.rejected").stat().st_size > 10_000
+    assert json.loads((out / "metadata.json").read_text())["verification"]["max_abs_diff"] > 0

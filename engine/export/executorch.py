@@ -190,7 +190,11 @@ def export(run_dir: Path, out: Path | None, quantize: str = "none", max_seq_len:
         json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"))
     problems = report.problems()
     if problems:
-        raise UserError(f"{out / PROGRAM}: the ExecuTorch program disagrees with eager PyTorch "
+        # Renamed, not deleted: kept for a bug report, but `chat --pte` and `push` (which look
+        # for model.pte) cannot pick it up as if it had passed.
+        rejected = out / (PROGRAM + ".rejected")
+        (out / PROGRAM).replace(rejected)
+        raise UserError(f"{rejected}: the ExecuTorch program disagrees with eager PyTorch "
                         f"({'; '.join(problems)}); {report.summary()}. The numbers are in "
                         f"{out / METADATA}; do not ship this program, and please report this")
     print(f"executorch: {out / PROGRAM}: {(out / PROGRAM).stat().st_size / 2**20:.1f} MiB",
