@@ -289,11 +289,8 @@ class Trainer:
         from engine.executorch_train import program, runner
 
         cfg = self.config
-        label_ids = self.objective.label_ids
-        spec = program.ProgramSpec(
-            task=self.objective.task, copies=copies_needed(cfg.optimizer), rows=cfg.batch_size,
-            max_seq_len=cfg.max_seq_len, lora_values=self.adapter.store.size,
-            label_ids=[] if label_ids is None else label_ids.tolist())
+        spec = program.ProgramSpec.of(self.objective, self.adapter.store, copies_needed(cfg.optimizer),
+                                      cfg.batch_size, cfg.max_seq_len)
         self.bus.emit("status", state="loading", message="preparing the ExecuTorch training program")
         traced = program.TrainingProgram(self.model, self.adapter, self.objective, spec.copies)
         path = program.cached_program(self.output_dir, program.program_key(cfg, self.model_folder, spec),

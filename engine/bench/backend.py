@@ -13,13 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from engine import lora
 from engine import optim as engine_optim
 from engine.bench.common import environment, finish, interleaved
-from engine.bench.speed import LABEL_WORDS, _clone, load, synthetic_batch
-from engine.config import LoraConfig, OptimizerConfig
+from engine.bench.speed import LABEL_WORDS, _stepper, load, synthetic_batch
+from engine.config import OptimizerConfig
 from engine.objective import Objective
 
 
@@ -31,44 +28,23 @@ def run(reference: str, q: int, b: int, seq_len: int, reps: int, warmup: int, th
     batch = synthetic_batch(b, seq_len, len(tokenizer))
     config = OptimizerConfig(name="prge", q=q, mode="dual")
     copies = engine_optim.copies_needed(config)
-
-    def stepper(losses_of):
-        clone = _clone(model)
-        adapter = lora.inject(clone, LoraConfig(), copies, seed=0)
-        optimizer = engine_optim.build(config, adapter.store, seed=0)
-        losses = losses_of(clone, adapter)
-        step = [0]
-
-        def step_once() -> None:
-            with torch.inference_mode():
-                optimizer.step(losses, step[0])
-            step[0] += 1
-        return step_once, optimizer
-
-    def eager(clone, adapter):
-        def losses(n: int) -> torch.Tensor:
-            with lora.active_copies(adapter, n):
-                return objective.losses(clone, batch, n)
-        return losses
-
     built: dict = {}
 
-    def lowered(clone, adapter):
-        spec = program.ProgramSpec(task="classification", copies=copies, rows=b, max_seq_len=seq_len,
-                                   lora_values=adapter.store.size,
-                                   label_ids=objective.label_ids.tolist())
-        started = time.perf_counter()
-        data = program.lower(program.TrainingProgram(clone, adapter, objective, copies), spec)
-        built["lower_seconds"] = time.perf_counter() - started
-        built["program_bytes"] = len(data)
-        path = Path(tempfile.mkdtemp(prefix="edgetune-bench-")) / "train.pte"
-        path.write_bytes(data)
-        program_losses = runner.ProgramLosses(path, spec, threads)
-        return lambda n: program_losses(batch, adapter.store.copies[:n])
+    with tempfile.TemporaryDirectory(prefix="edgetune-bench-") as scratch:
+        def lowered(clone, adapter):
+            spec = program.ProgramSpec.of(objective, adapter.store, copies, b, seq_len)
+            started = time.perf_counter()
+            data = program.lower(program.TrainingProgram(clone, adapter, objective, copies), spec)
+            built["lower_seconds"] = time.perf_counter() - started
+            built["program_bytes"] = len(data)
+            path = Path(scratch) / "train.pte"
+            path.write_bytes(data)
+            program_losses = runner.ProgramLosses(path, spec, threads)
+            return lambda n: program_losses(batch, adapter.store.copies[:n])
 
-    eager_step, eager_optimizer = stepper(eager)
-    program_step, program_optimizer = stepper(lowered)
-    timings = interleaved({"pytorch": eager_step, "executorch": program_step}, reps, warmup)
+        eager_step, eager_optimizer = _stepper(model, objective, batch, config)
+        program_step, program_optimizer = _stepper(model, objective, batch, config, losses_of=lowered)
+        timings = interleaved({"pytorch": eager_step, "executorch": program_step}, reps, warmup)
     med = {k: t.median_seconds for k, t in timings.items()}
     theta = eager_optimizer.theta
     drift = (theta - program_optimizer.theta).abs().max().item()

@@ -18,8 +18,7 @@ from engine.errors import UserError
 
 
 def run(run_dir: Path, lengths: list[int], reps: int, warmup: int, threads: int) -> dict:
-    from executorch.extension.pybindings import portable_lib
-
+    from engine.executorch_train.runner import pin_threads
     from engine.export import executorch, run_folder
 
     pte = run_dir / "export" / "executorch" / "model.pte"
@@ -30,7 +29,7 @@ def run(run_dir: Path, lengths: list[int], reps: int, warmup: int, threads: int)
     if max(lengths) > max_seq_len:
         raise UserError(f"--lengths {max(lengths)} is longer than the program's max_seq_len "
                         f"{max_seq_len}")
-    portable_lib._unsafe_reset_threadpool(threads)
+    pin_threads(threads)
     method = executorch._load_method(pte)
     loaded = executorch._load(*run_folder(run_dir))
     eager = executorch._merged(loaded.adapted)

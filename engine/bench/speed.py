@@ -88,24 +88,27 @@ def _clone(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _stepper(model, objective: Objective, batch: Batch, config: OptimizerConfig,
-             implementation: tuple | None = None):
-    """One optimiser step per call, on its own adapter over a weight-sharing clone of `model`;
-    `implementation` is another revision's (lora, optim) modules (engine/bench/baseline.py)."""
+             implementation: tuple | None = None, losses_of=None):
+    """(one optimiser step per call, its optimizer), on its own adapter over a weight-sharing
+    clone of `model`; `implementation` is another revision's (lora, optim) modules
+    (engine/bench/baseline.py); `losses_of(clone, adapter)` replaces the eager losses."""
     lora, optim = implementation or (engine_lora, engine_optim)
     clone = _clone(model)
     adapter = lora.inject(clone, LoraConfig(), optim.copies_needed(config), seed=0)
     optimizer = optim.build(config, adapter.store, seed=0)
     step = [0]
 
-    def losses(n: int) -> torch.Tensor:
+    def eager_losses(n: int) -> torch.Tensor:
         with lora.active_copies(adapter, n):
             return objective.losses(clone, batch, n)
+
+    losses = losses_of(clone, adapter) if losses_of else eager_losses
 
     def run() -> None:
         with torch.inference_mode(config.name != "fo"):
             optimizer.step(losses, step[0])
         step[0] += 1
-    return run
+    return run, optimizer
 
 
 def variants_for(model, objective: Objective, vocab: int, q: int, b: int, seq_len: int,
@@ -120,14 +123,14 @@ def variants_for(model, objective: Objective, vocab: int, q: int, b: int, seq_le
         "mezo": OptimizerConfig(name="mezo", q=q),
         "fo": OptimizerConfig(name="fo", q=q, lr=1e-3),
     }
-    runs = {name: _stepper(model, objective, batch, config) for name, config in configs.items()
+    runs = {name: _stepper(model, objective, batch, config)[0] for name, config in configs.items()
             if only in (None, name)}
     if baseline:
         revision, implementation = baseline
         for name in ("prge dual", "mezo"):
             if only in (None, name):
                 runs[f"{name} @{revision}"] = _stepper(model, objective, batch, configs[name],
-                                                       implementation)
+                                                       implementation)[0]
     runs["forward 2qb"] = _forward(model, objective, synthetic_batch(2 * q * b, seq_len, vocab))
     runs["forward b"] = _forward(model, objective, batch)
     return runs

@@ -54,6 +54,13 @@ class ProgramSpec:
     lora_values: int  # values per copy in lora_copies (LoRAStore.size)
     label_ids: list[int]  # classification: the token scored for each label
 
+    @classmethod
+    def of(cls, objective: Objective, store: lora.LoRAStore, copies: int, rows: int,
+           max_seq_len: int) -> ProgramSpec:
+        label_ids = objective.label_ids
+        return cls(task=objective.task, copies=copies, rows=rows, max_seq_len=max_seq_len,
+                   lora_values=store.size, label_ids=[] if label_ids is None else label_ids.tolist())
+
     def input_shapes(self) -> dict[str, str]:
         targets = f"({self.rows},)" if self.task == "classification" else f"({self.rows}, K)"
         return {"input_ids": f"({self.rows}, T)", "attention_mask": f"({self.rows}, T)",

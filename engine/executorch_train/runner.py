@@ -17,17 +17,25 @@ from engine.executorch_train.program import MIN_TOKENS, ProgramSpec
 from engine.objective import Batch
 
 
+def pin_threads(threads: int) -> None:
+    """Size ExecuTorch's XNNPACK thread pool (0 keeps its default: one per core).
+
+    The pool is separate from torch's: pin both, or eager and the program run (and share the
+    CPUs) at different thread counts. Call it while no method is running.
+    """
+    if threads:
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(threads)
+
+
 class ProgramLosses:
     """One mean loss per LoRA copy of a batch, computed by the training program."""
 
     def __init__(self, path: Path, spec: ProgramSpec, threads: int = 0) -> None:
-        from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
-        if threads:
-            # XNNPACK's pool is separate from torch's: pin both, or the backends are timed
-            # (and share the CPUs) at different thread counts. Safe here: no method is running.
-            portable_lib._unsafe_reset_threadpool(threads)
+        pin_threads(threads)
         self.spec = spec
         self.method = Runtime.get().load_program(path).load_method("forward")
 
