@@ -39,6 +39,29 @@ class OptimizerConfig:
     lr: float = 1e-2
     # AdamW weight decay, fo only.
     weight_decay: float = 0.0
+    # prge only. two-sided: L(θ+εz) − L(θ−εz) per direction (2 copies each). one-sided (FZOO):
+    # L(θ+εz) − L(θ) against one shared unperturbed copy, so a pass of 2q copies measures 2q − 1
+    # directions instead of q; slightly more bias (O(ε) instead of O(ε²)), much less variance per
+    # pass. With one-sided, q counts directions and the pass holds q + 1 copies.
+    estimator: str = "two-sided"
+    # gaussian: z ~ N(0, I) (MeZO, the paper). rademacher: z ∈ {−1, +1} (FZOO): the same
+    # expectation, lower variance of ‖z‖, cheaper to draw.
+    directions: str = "gaussian"
+    # none: the step is lr · projected gradient, so it follows the loss scale. loss-std (FZOO,
+    # prge only): the loss differences are divided by the standard deviation of the step's
+    # perturbed losses, a normalised step that is large far from a basin and shrinks near it;
+    # lr then sets the step size directly (ε drops out of it).
+    normalize: str = "none"
+    # Heavy-ball momentum on the gradient estimate (0 = off). Averages directions over about
+    # 1 / (1 − momentum) steps: less noise per step, slower to turn; costs one flat vector the
+    # size of the adapter (checkpointed).
+    momentum: float = 0.0
+    # constant: lr throughout (the paper). cosine: lr decays to 0 over the run (its steps, or its
+    # time budget when that ends it first), which stops the drift of a constant-lr ZO run near a
+    # basin.
+    schedule: str = "constant"
+    # Steps over which lr ramps up linearly from lr / warmup_steps (0 = no warm-up).
+    warmup_steps: int = 0
 
 
 @dataclass
@@ -53,6 +76,11 @@ class LoraConfig:
     alpha: float = 16.0
     # Linear layers that get an adapter, by their module name suffix.
     targets: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))
+    # Adapt only the top N decoder layers (0 = all). Fewer trained values lower the zeroth-order
+    # noise, and every layer below the first adapted one runs once per step instead of once per
+    # perturbation copy (the shared prefix), so steps get cheaper too; too few layers limit
+    # what the adapter can change.
+    top_layers: int = 0
 
 
 @dataclass
@@ -85,8 +113,14 @@ class TrainConfig:
     # Run folder (config, metrics, checkpoints, adapter). A folder holding a run is refused
     # unless --resume is given.
     output_dir: str = "runs/run"
-    # Optimiser steps.
+    # Optimiser steps (an upper bound when time_budget_minutes is set).
     steps: int = 200
+    # Stop after this many minutes of training (0 = off), exactly as after the last step:
+    # evaluation, checkpoint, adapter. Evaluation and setup time are not counted.
+    time_budget_minutes: float = 0.0
+    # Stop when this many evaluations in a row bring no better held-out score (0 = off). The
+    # adapter written at the end is always the best evaluated one.
+    early_stopping_patience: int = 0
     # Distinct examples per step (b). Each is repeated for every perturbation copy.
     batch_size: int = 4
     # Longer rows are truncated from the left (the answer position is kept). Memory and time
@@ -129,6 +163,10 @@ _CHOICES = {
     "backend": ("pytorch", "executorch"),
     "optimizer.name": ("prge", "mezo", "fo"),
     "optimizer.mode": ("dual", "single"),
+    "optimizer.estimator": ("two-sided", "one-sided"),
+    "optimizer.directions": ("gaussian", "rademacher"),
+    "optimizer.normalize": ("none", "loss-std"),
+    "optimizer.schedule": ("constant", "cosine"),
     "lora.variant": ("lora-fa", "lora"),
 }
 
@@ -148,6 +186,11 @@ _RANGES = [
     ("optimizer.eps", 0.0, 1.0, True),
     ("optimizer.lr", 0.0, 10.0, True),
     ("optimizer.weight_decay", 0.0, 1.0, False),
+    ("optimizer.momentum", 0.0, 0.999, False),
+    ("optimizer.warmup_steps", 0, 10_000_000, False),
+    ("time_budget_minutes", 0.0, 1e6, False),
+    ("early_stopping_patience", 0, 1_000_000, False),
+    ("lora.top_layers", 0, 100_000, False),
     ("lora.rank", 1, 4096, False),
     ("lora.alpha", 0.0, 1e6, True),
 ]
@@ -193,6 +236,13 @@ def validate(config: TrainConfig) -> TrainConfig:
                 f"{config.dtype!r}: the ExecuTorch training program runs in float32 on the CPU "
                 "(XNNPACK); set device=cpu dtype=float32 (or auto), or backend=pytorch"
             )
+    if config.optimizer.name != "prge" and (config.optimizer.estimator != "two-sided"
+                                            or config.optimizer.normalize != "none"):
+        raise UserError(
+            f'config fields "optimizer.estimator" and "optimizer.normalize" apply to prge only '
+            f"(optimizer.name is {config.optimizer.name!r}): set optimizer.estimator=two-sided "
+            "optimizer.normalize=none, or optimizer.name=prge"
+        )
     if not config.lora.targets:
         raise UserError('config field "lora.targets" is empty; name at least one projection')
     if "{text}" not in config.prompt_template:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -140,12 +141,75 @@ class LoRALinear(nn.Module):
         return y
 
 
+# A decoder block of the architectures we train: `…layers.<index>` (Llama, Qwen, Gemma, SmolLM).
+_BLOCK = re.compile(r"^(?:.*\.)?layers\.(\d+)$")
+
+
+def decoder_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model's decoder blocks in order, (name, module); empty when its layout is unknown."""
+    found = [(int(m.group(1)), name, module) for name, module in model.named_modules()
+             if (m := _BLOCK.match(name))]
+    return [(name, module) for _, name, module in sorted(found, key=lambda f: f[0])]
+
+
+class SharedPrefix:
+    """Runs the blocks below the first adapted one over the b distinct rows once, then tiles the
+    hidden state for the perturbation copies: below that block every copy computes the same
+    thing, so a step pays for 2q copies only where the adapters are.
+
+    A forward pre-hook on every block from the first adapted one: there it repeats the hidden
+    state `copies` times (copy-major, as the tiled batch would be), and from there on it repeats
+    the per-row inputs the model hands each block (mask, rotary embeddings, positions), which the
+    model computed for the untiled batch. `copies` stays 1 (no tiling) unless the caller passes
+    the untiled batch (`active_copies(..., untiled_input=True)`).
+    """
+
+    def __init__(self, blocks: list[nn.Module], first: int) -> None:
+        self.copies = 1
+        self._rows = 0
+        self._handles = [block.register_forward_pre_hook(self._first, with_kwargs=True)
+                         for block in blocks[first:first + 1]]
+        self._handles += [block.register_forward_pre_hook(self._rest, with_kwargs=True)
+                          for block in blocks[first + 1:]]
+
+    def _first(self, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self._rows = hidden.shape[0] if self.copies > 1 else 0
+        return self._rest(module, args, kwargs)
+
+    def _rest(self, module, args, kwargs):
+        rows, n = self._rows, self.copies
+        if not rows or n == 1:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[0] == rows:
+            hidden = hidden.repeat(n, *[1] * (hidden.dim() - 1))
+            if args:
+                args = (hidden, *args[1:])
+            else:
+                kwargs["hidden_states"] = hidden
+        kwargs = {key: self._tile(value, rows, n) for key, value in kwargs.items()}
+        return args, kwargs
+
+    @staticmethod
+    def _tile(value, rows: int, n: int):
+        # Batch-1 inputs broadcast over the copies as they are.
+        if isinstance(value, tuple):
+            return tuple(SharedPrefix._tile(v, rows, n) for v in value)
+        if torch.is_tensor(value) and value.dim() >= 2 and value.shape[0] == rows and rows > 1:
+            return value.repeat(n, *[1] * (value.dim() - 1))
+        return value
+
+
 @dataclass
 class Adapter:
     """The injected LoRA layers and the store holding their trained tensors."""
 
     layers: dict[str, LoRALinear]
     store: LoRAStore
+    # Present when the model's decoder blocks are known: the caller may then pass the untiled
+    # batch and the model tiles it at the first adapted block.
+    shared_prefix: SharedPrefix | None = None
 
     def frozen(self) -> dict[str, torch.Tensor]:
         return {layer.a_key: layer.frozen_a for layer in self.layers.values() if not layer.train_a}
@@ -157,11 +221,19 @@ def inject(model: nn.Module, config: LoraConfig, copies: int, seed: int) -> Adap
         param.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
     train_a = config.variant == "lora"
+    blocks = decoder_blocks(model)
+    block_index = {name: i for i, (name, _) in enumerate(blocks)}
+    if config.top_layers and not blocks:
+        raise UserError("lora.top_layers is set but this model's decoder layers could not be found "
+                        "(no `layers.<n>` modules); set lora.top_layers=0")
+    lowest = max(len(blocks) - config.top_layers, 0) if config.top_layers else 0
     layers: dict[str, LoRALinear] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     a_inits: dict[str, torch.Tensor] = {}
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or name.split(".")[-1] not in config.targets:
+            continue
+        if _block_of(name, block_index) < lowest:
             continue
         # peft's default A init (kaiming-uniform, a=sqrt(5)), drawn from our own generator so the
         # adapter is a function of the seed alone.
@@ -191,7 +263,21 @@ def inject(model: nn.Module, config: LoraConfig, copies: int, seed: int) -> Adap
         layer.store = store
     if not train_a:
         _share_down_projections(layers)
-    return Adapter(layers, store)
+    adapted = [_block_of(name, block_index) for name in layers]
+    prefix = None
+    if blocks and all(i >= 0 for i in adapted):
+        prefix = SharedPrefix([module for _, module in blocks], min(adapted))
+    return Adapter(layers, store, prefix)
+
+
+def _block_of(name: str, block_index: dict[str, int]) -> int:
+    """Index of the decoder block holding module `name` (−1 when it sits in none)."""
+    parts = name.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        index = block_index.get(".".join(parts[:end]))
+        if index is not None:
+            return index
+    return -1
 
 
 def _share_down_projections(layers: dict[str, LoRALinear]) -> None:
@@ -217,17 +303,23 @@ def _share_down_projections(layers: dict[str, LoRALinear]) -> None:
 
 
 @contextmanager
-def active_copies(adapter: Adapter, n: int) -> Iterator[None]:
-    """Run forwards with the first `n` copies (the batch must be tiled n times)."""
+def active_copies(adapter: Adapter, n: int, untiled_input: bool = False) -> Iterator[None]:
+    """Run forwards with the first `n` copies. The batch is tiled n times by the caller, or, with
+    `untiled_input` (only where `adapter.shared_prefix` exists), by the model at its first
+    adapted block."""
     layers = adapter.layers.values()
     previous = next(iter(layers)).active_copies
     for layer in layers:
         layer.active_copies = n
+    if untiled_input:
+        adapter.shared_prefix.copies = n
     try:
         yield
     finally:
         for layer in layers:
             layer.active_copies = previous
+        if untiled_input:
+            adapter.shared_prefix.copies = 1
 
 
 def adapter_weights(adapter: Adapter, theta: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -107,21 +107,23 @@ class Objective:
                 targets[i, keep - n :] = ids[i, width - n :]
         return Batch(ids, mask, positions, targets, keep, int(mask.sum()))
 
-    def logits(self, model: torch.nn.Module, batch: Batch, copies: int) -> torch.Tensor:
-        """Logits of the kept columns for the batch tiled `copies` times: (copies*b, keep, V)."""
+    def logits(self, model: torch.nn.Module, batch: Batch, copies: int, tile: bool = True) -> torch.Tensor:
+        """Logits of the kept columns for the batch tiled `copies` times: (copies*b, keep, V).
+        `tile=False`: the model tiles it itself (a LoRA shared prefix, engine/lora.py)."""
+        n = copies if tile else 1
         out = model(
-            input_ids=batch.input_ids.repeat(copies, 1),
-            attention_mask=batch.attention_mask.repeat(copies, 1),
-            position_ids=batch.position_ids.repeat(copies, 1),
+            input_ids=batch.input_ids.repeat(n, 1),
+            attention_mask=batch.attention_mask.repeat(n, 1),
+            position_ids=batch.position_ids.repeat(n, 1),
             logits_to_keep=batch.keep + (self.task == "sft"),
             use_cache=False,
         )
         logits = out.logits
         return logits[:, :-1] if self.task == "sft" else logits
 
-    def losses(self, model: torch.nn.Module, batch: Batch, copies: int) -> torch.Tensor:
+    def losses(self, model: torch.nn.Module, batch: Batch, copies: int, tile: bool = True) -> torch.Tensor:
         """Mean loss of each copy over the batch: shape (copies,)."""
-        logits = self.logits(model, batch, copies).float()
+        logits = self.logits(model, batch, copies, tile).float()
         b = batch.rows
         if self.task == "classification":
             scores = logits[:, -1, self.label_ids.to(logits.device)]

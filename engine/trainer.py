@@ -33,6 +33,7 @@ from engine.events import EventBus, MetricsFileSink, read_history, truncate_hist
 from engine.objective import Batch, Objective
 from engine.optim import build as build_optimizer
 from engine.optim import copies_needed
+from engine.optim.schedule import learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,16 @@ class RunResult:
     eval_before: dict | None
     eval_after: dict | None
     adapter_dir: Path | None
+    # Why training ended: steps | time budget | early stopping | stopped.
+    reason: str = "steps"
+    # The step whose θ the adapter holds (the best evaluated one; the last one if none was).
+    adapter_step: int | None = None
+
+
+def eval_score(result: dict) -> tuple[float, float]:
+    """Higher is better: accuracy first (classification), then lower held-out loss."""
+    accuracy = result.get("accuracy")
+    return (accuracy if accuracy is not None else 0.0, -result["loss"])
 
 
 def config_fingerprint(config: TrainConfig) -> str:
@@ -61,7 +72,8 @@ def config_fingerprint(config: TrainConfig) -> str:
     bookkeeping fields)."""
     values = config_io.to_dict(config)
     for free in ("steps", "eval_every", "checkpoint_every", "keep_checkpoints", "output_dir",
-                 "memory_budget_gb", "threads", "eval_rows"):
+                 "memory_budget_gb", "threads", "eval_rows", "time_budget_minutes",
+                 "early_stopping_patience"):
         values.pop(free)
     # A run that diverged resumes from its last good checkpoint with a lower lr or eps.
     for free in ("lr", "eps"):
@@ -69,6 +81,13 @@ def config_fingerprint(config: TrainConfig) -> str:
     # Runs made before the backend field existed keep their fingerprint (and stay resumable).
     if values["backend"] == "pytorch":
         values.pop("backend")
+    defaults = config_io.to_dict(TrainConfig())
+    for section, key in (("optimizer", "estimator"), ("optimizer", "directions"),
+                         ("optimizer", "normalize"), ("optimizer", "momentum"),
+                         ("optimizer", "schedule"), ("optimizer", "warmup_steps"),
+                         ("lora", "top_layers")):
+        if values[section][key] == defaults[section][key]:
+            values[section].pop(key)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -81,6 +100,13 @@ class Trainer:
         self.start_step = 0
         self.eval_before: dict | None = None
         self.final_eval: dict | None = None
+        # Training seconds so far (steps only, not evaluation): what a time budget counts.
+        self.train_seconds = 0.0
+        # The best evaluation so far, its θ, and evaluations since it (early stopping).
+        self.best: dict | None = None
+        self.best_theta: torch.Tensor | None = None
+        self.evals_since_best = 0
+        self.last_eval: dict | None = None
 
     # ---- setup -------------------------------------------------------------------------
     def setup(self, resume: bool) -> None:
@@ -208,6 +234,14 @@ class Trainer:
             raise UserError(f"--resume: checkpoint {found.path} belongs to a different config")
         self.optimizer.load_state_dict(found.state)
         self.start_step = found.step
+        state = found.state
+        self.train_seconds = float(state.get("trainer/train_seconds", torch.zeros(())).item())
+        if "trainer/best_theta" in state:
+            self.best_theta = state["trainer/best_theta"].clone()
+            self.best = {"step": int(state["trainer/best_step"].item()),
+                         "accuracy": _optional(state["trainer/best_accuracy"]),
+                         "loss": float(state["trainer/best_loss"].item())}
+            self.evals_since_best = int(state["trainer/evals_since_best"].item())
         history = self.output_dir / "metrics.jsonl"
         truncate_history(history, found.step)
         if found.step >= self.config.steps and history.exists():
@@ -241,16 +275,20 @@ class Trainer:
         if self.start_step == 0:
             self.eval_before = self.evaluate(0)
         self.bus.emit("status", state="training", message=f"training with {cfg.optimizer.name}")
+        budget_seconds = cfg.time_budget_minutes * 60
         started = time.perf_counter()
         step = self.start_step
+        reason = "steps"
         while step < cfg.steps:
             batch = self.objective.encode(
                 [self.train_data.examples[i] for i in self.batch_indices(step)]).to(self.device)
+            lr = learning_rate(cfg.optimizer, step, self._progress(step, budget_seconds))
             t0 = time.perf_counter()
             with torch.inference_mode(cfg.optimizer.name != "fo"):
-                result = self.optimizer.step(lambda n, batch=batch: self.batch_losses(batch, n), step)
+                result = self.optimizer.step(lambda n, batch=batch: self.batch_losses(batch, n), step, lr)
             devices.synchronize(self.device)
             step_seconds = time.perf_counter() - t0
+            self.train_seconds += step_seconds
             step += 1
             if not math.isfinite(result.loss) or not all(math.isfinite(g) for g in result.projected_grads):
                 raise NonFiniteLoss(
@@ -261,28 +299,51 @@ class Trainer:
             grads = result.projected_grads
             grad_norm = math.sqrt(sum(g * g for g in grads)) if grads else None
             self.bus.emit("metrics", step=step, loss=result.loss, step_seconds=step_seconds,
-                          tokens_per_second=batch.tokens / step_seconds, lr=cfg.optimizer.lr,
+                          tokens_per_second=batch.tokens / step_seconds, lr=lr,
                           projected_grad_norm=grad_norm)
             elapsed = time.perf_counter() - started
             done_here = step - self.start_step
+            eta = elapsed / done_here * (cfg.steps - step)
+            if budget_seconds:
+                eta = min(eta, max(budget_seconds - self.train_seconds, 0.0) * elapsed
+                          / max(self.train_seconds, 1e-9))
             self.bus.emit("progress", step=step, total_steps=cfg.steps, elapsed_seconds=elapsed,
-                          eta_seconds=elapsed / done_here * (cfg.steps - step))
+                          eta_seconds=eta)
             self._check_memory(step)
+            if budget_seconds and self.train_seconds >= budget_seconds and step < cfg.steps:
+                reason = "time budget"
+                self.bus.log(f"time budget of {cfg.time_budget_minutes:g} min reached at step {step}")
+                break
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
                 self.evaluate(step)
+                if cfg.early_stopping_patience and self.evals_since_best >= cfg.early_stopping_patience:
+                    reason = "early stopping"
+                    self.final_eval = self.final_eval or self.last_eval
+                    self.bus.log(f"early stopping at step {step}: {self.evals_since_best} evaluations "
+                                 f"without a better held-out score than step {self.best['step']}")
+                    break
             if self.stop.is_set():
                 self.save_checkpoint(step)
-                return RunResult("stopped", step, self.eval_before, None, None)
+                adapter_dir, adapter_step = self.save_adapter(step)
+                return RunResult("stopped", step, self.eval_before, None, adapter_dir, "stopped",
+                                 adapter_step)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 self.save_checkpoint(step)
         eval_after = self.final_eval or self.evaluate(step)
         self.save_checkpoint(step)
-        adapter_dir = self.save_adapter()
-        return RunResult("completed", step, self.eval_before, eval_after, adapter_dir)
+        adapter_dir, adapter_step = self.save_adapter(step)
+        return RunResult("completed", step, self.eval_before, eval_after, adapter_dir, reason,
+                         adapter_step)
+
+    def _progress(self, step: int, budget_seconds: float) -> float:
+        """Share of the run done: of its steps, or of its time budget when that ends it first."""
+        done = step / self.config.steps
+        return max(done, self.train_seconds / budget_seconds) if budget_seconds else done
 
     def _eager_losses(self, batch: Batch, copies: int) -> torch.Tensor:
-        with lora.active_copies(self.adapter, copies):
-            return self.objective.losses(self.model, batch, copies)
+        shared = self.adapter.shared_prefix is not None
+        with lora.active_copies(self.adapter, copies, untiled_input=shared):
+            return self.objective.losses(self.model, batch, copies, tile=not shared)
 
     def _program_losses(self) -> Callable[[Batch, int], torch.Tensor]:
         """The executorch backend: the step's losses from the lowered training program."""
@@ -315,6 +376,12 @@ class Trainer:
             "rows": len(examples),
         }
         self.bus.emit("eval", **result)
+        self.last_eval = result
+        if self.best is None or eval_score(result) > eval_score(self.best):
+            self.best, self.evals_since_best = result, 0
+            self.best_theta = self.optimizer.theta.detach().clone()
+        else:
+            self.evals_since_best += 1
         return result
 
     def _check_memory(self, step: int) -> None:
@@ -336,20 +403,48 @@ class Trainer:
         self.bus.emit("status", state="checkpointing", message=f"writing checkpoint at step {step}")
         state = dict(self.optimizer.state_dict())
         state.update({f"frozen/{key}": a for key, a in self.adapter.frozen().items()})
+        state["trainer/train_seconds"] = torch.tensor(self.train_seconds, dtype=torch.float64)
+        if self.best is not None:
+            accuracy = self.best["accuracy"]
+            state.update({
+                "trainer/best_theta": self.best_theta,
+                "trainer/best_step": torch.tensor(self.best["step"]),
+                "trainer/best_accuracy": torch.tensor(float("nan") if accuracy is None else accuracy,
+                                                      dtype=torch.float64),
+                "trainer/best_loss": torch.tensor(self.best["loss"], dtype=torch.float64),
+                "trainer/evals_since_best": torch.tensor(self.evals_since_best),
+            })
         path = checkpoint.save(self.output_dir / "checkpoints", step, state, self.fingerprint,
                                self.config.keep_checkpoints)
         self.bus.emit("checkpoint", step=step, path=str(path))
         return path
 
-    def save_adapter(self) -> Path:
+    def save_adapter(self, step: int) -> tuple[Path, int]:
+        """The adapter of the best evaluated θ (the base model itself counts: step 0), or of the
+        last θ when nothing after step 0 was evaluated (a run stopped before its first
+        evaluation still leaves what it trained). Returns (folder, the step it holds)."""
+        theta, adapter_step = self.optimizer.theta, step
+        evaluated_since_start = self.last_eval is not None and self.last_eval["step"] > 0
+        if self.best is not None and (self.best["step"] > 0 or evaluated_since_start):
+            theta, adapter_step = self.best_theta, self.best["step"]
         directory = self.output_dir / "adapter"
-        lora.save_peft_adapter(directory, self.adapter, self.optimizer.theta, self.config.lora,
+        lora.save_peft_adapter(directory, self.adapter, theta, self.config.lora,
                                str(models.resolve_reference(self.config.model)))
-        self.bus.emit("artifact", kind="adapter", path=str(directory))
-        return directory
+        if adapter_step != step:
+            score = self.best.get("accuracy")
+            what = f"accuracy {score:.1%}" if score is not None else f"loss {self.best['loss']:.4f}"
+            self.bus.log(f"adapter: the best held-out evaluation, step {adapter_step} ({what}); "
+                         f"the last checkpoint (step {step}) is kept for resume")
+        self.bus.emit("artifact", kind="adapter", path=str(directory), step=adapter_step)
+        return directory, adapter_step
 
     def cleanup(self) -> None:
         sink = getattr(self, "metrics_sink", None)
         if sink is not None:
             self.bus.sinks.remove(sink)
             sink.close()
+
+
+def _optional(value: torch.Tensor) -> float | None:
+    number = float(value.item())
+    return None if math.isnan(number) else number

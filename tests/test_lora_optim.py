@@ -180,3 +180,102 @@ def test_config_defaults_validate_and_errors_name_the_field(tmp_path):
     cfg = config_io.load(path, ["optimizer.lr=1e-3", "lora.targets=q_proj,v_proj"])
     assert cfg.optimizer.q == 8 and cfg.optimizer.lr == 1e-3
     assert cfg.lora.targets == ["q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize("top_layers", [0, 1])
+def test_shared_prefix_losses_equal_the_tiled_batch(tiny_model, classification_data, top_layers):
+    """The model tiling the batch at its first adapted block (one pass over the blocks below it
+    for the b distinct rows) gives every copy the loss the fully tiled batch gives it, also with
+    left padding (rows of different lengths) and for SFT's many kept columns."""
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    adapter = lora.inject(model, LoraConfig(rank=4, top_layers=top_layers), 4, seed=0)
+    adapter.store.copies.normal_(0, 0.5)
+    assert adapter.shared_prefix is not None
+    adapted_blocks = {name.split(".")[2] for name in adapter.layers}
+    assert adapted_blocks == ({"1"} if top_layers == 1 else {"0", "1"})
+    data = load_dataset(classification_data, label_words=[" terrible", " great"])
+    for task in ("classification", "sft"):
+        objective = Objective(_tokenizer(tiny_model), task, 48, data.label_words)
+        examples = [dataclasses_replace(e, completion=" fine.") for e in data.examples[:3]]
+        batch = objective.encode(examples)
+        assert len(set(batch.attention_mask.sum(1).tolist())) > 1  # padded rows
+        with torch.inference_mode():
+            with lora.active_copies(adapter, 4):
+                tiled = objective.losses(model, batch, 4)
+            with lora.active_copies(adapter, 4, untiled_input=True):
+                shared = objective.losses(model, batch, 4, tile=False)
+        torch.testing.assert_close(shared, tiled, atol=1e-6, rtol=1e-5)
+        assert tiled.max() - tiled.min() > 1e-3  # the copies really differ
+    # One copy with the hook installed: nothing is tiled.
+    with torch.inference_mode(), lora.active_copies(adapter, 1):
+        assert model(input_ids=batch.input_ids).logits.shape[0] == 3
+
+
+def dataclasses_replace(example, **changes):
+    import dataclasses
+
+    return dataclasses.replace(example, **changes)
+
+
+def test_top_layers_beyond_the_model_adapt_every_layer(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    adapter = lora.inject(model, LoraConfig(rank=4, top_layers=50), 2, seed=0)
+    assert len(adapter.layers) == 2 * 7
+
+
+def test_one_sided_rademacher_update_follows_the_estimator(tiny_model):
+    """One-sided: copy 0 is θ, copies 1..q hold θ + εz_i with Rademacher z; the update is
+    −lr/q Σ (L_i − L_0)/ε · z_i, and with loss-std normalisation (L_i − L_0)/σ(L_1..L_q)."""
+    for normalize in ("none", "loss-std"):
+        cfg = OptimizerConfig(q=3, estimator="one-sided", directions="rademacher", normalize=normalize,
+                              eps=1e-2, lr=0.5)
+        assert copies_needed(cfg) == 4
+        model, adapter = _model(tiny_model, copies=4)
+        optimizer = build(cfg, adapter.store, seed=9)
+        optimizer.theta.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
+        optimizer.broadcast()
+        before = optimizer.theta.clone()
+        seen = []
+
+        def losses(n, seen=seen, adapter=adapter):
+            seen.append(adapter.store.copies[:n].clone())
+            return torch.tensor([0.6, 0.9, 0.4, 0.65])
+
+        result = optimizer.step(losses, step=4)
+        assert torch.equal(seen[0][0], before)  # copy 0 is θ itself
+        assert set(optimizer.direction(4, 0).unique().tolist()) == {-1.0, 1.0}
+        differences = torch.tensor([0.3, -0.2, 0.05], dtype=torch.float64)
+        scale = differences.std(unbiased=False) if normalize == "loss-std" else torch.tensor(1e-2)
+        expected_grads = (differences / (torch.tensor([0.9, 0.4, 0.65], dtype=torch.float64)
+                                         .std(unbiased=False) if normalize == "loss-std" else 1e-2))
+        assert result.projected_grads == pytest.approx(expected_grads.tolist(), rel=1e-5)
+        assert scale > 0
+        expected = before.clone()
+        for i, g in enumerate(expected_grads.tolist()):
+            expected -= 0.5 * g / 3 * optimizer.direction(4, i)
+        torch.testing.assert_close(optimizer.theta, expected, atol=1e-5, rtol=1e-4)
+        assert result.loss == pytest.approx(0.6)
+
+
+def test_momentum_and_schedule(tiny_model):
+    from engine.optim.schedule import learning_rate
+
+    cfg = OptimizerConfig(q=1, momentum=0.9, lr=0.1, eps=1e-2)
+    model, adapter = _model(tiny_model, copies=copies_needed(cfg))
+    optimizer = build(cfg, adapter.store, seed=1)
+    steps = []
+    for step in range(2):
+        before = optimizer.theta.clone()
+        optimizer.step(lambda n: torch.tensor([1.0, 0.98]), step, lr=0.1)
+        steps.append(optimizer.theta - before)
+    # g = 1 each step: velocity 0.1·g z_0, then 0.9·that + 0.1·g z_1.
+    z0, z1 = optimizer.direction(0, 0).clone(), optimizer.direction(1, 0).clone()
+    torch.testing.assert_close(steps[0], -0.1 * 0.1 * 1.0 * z0, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(steps[1], -0.1 * (0.9 * 0.1 * z0 + 0.1 * z1), atol=1e-5, rtol=1e-4)
+    assert set(optimizer.state_dict()) == {"theta", "velocity"}
+    cosine = OptimizerConfig(lr=1.0, schedule="cosine", warmup_steps=4)
+    assert learning_rate(cosine, 0, 0.0) == pytest.approx(0.25)
+    assert learning_rate(cosine, 10, 0.5) == pytest.approx(0.5)
+    assert learning_rate(cosine, 10, 1.0) == pytest.approx(0.0)
+    assert learning_rate(OptimizerConfig(lr=0.3), 99, 0.9) == 0.3

@@ -194,3 +194,100 @@ def test_stop_command_checkpoints_and_exits_cleanly(tiny_config):
     stopped_at = max(e.data["step"] for e in events if e.type == "metrics")
     assert stopped_at < 200
     assert any(e.type == "checkpoint" and e.data["step"] == stopped_at for e in events)
+
+
+def test_stop_leaves_a_usable_adapter(tiny_config):
+    """A stopped run writes its checkpoint AND an adapter (nothing to resume before exporting)."""
+    import threading
+
+    cfg = tiny_config("steps=200", "eval_every=0", "checkpoint_every=0")
+    stop = threading.Event()
+    stop.set()
+    trainer = Trainer(cfg, EventBus([Recorder()]), stop)
+    try:
+        trainer.setup(resume=False)
+        result = trainer.train()
+    finally:
+        trainer.cleanup()
+    assert result.status == "stopped" and result.step == 1
+    assert (result.adapter_dir / "adapter_model.safetensors").exists()
+    # Nothing after step 0 was evaluated: the adapter holds what was trained (step 1).
+    assert result.adapter_step == 1
+
+
+def test_time_budget_ends_the_run_like_its_last_step(tiny_config):
+    result, recorder, trainer = _train(tiny_config("steps=100000", "time_budget_minutes=0.002",
+                                                   "eval_every=0", "checkpoint_every=0"))
+    assert result.status == "completed" and result.reason == "time budget"
+    assert 1 <= result.step < 100000
+    assert trainer.train_seconds >= 0.12
+    evals = recorder.of("eval")
+    assert [e["step"] for e in evals] == [0, result.step]  # final evaluation, as after the last step
+    assert recorder.of("checkpoint")[-1]["step"] == result.step
+    assert (result.adapter_dir / "adapter_config.json").exists()
+
+
+def test_early_stopping_keeps_the_best_evaluated_adapter(tiny_config):
+    """lr so high that the loss only gets worse after a while: the run stops after `patience`
+    evaluations without a better score, and the adapter written is the best evaluated θ."""
+    from safetensors.torch import load_file
+
+    from engine.trainer import eval_score
+
+    cfg = tiny_config("steps=400", "eval_every=2", "early_stopping_patience=2", "optimizer.lr=2.0",
+                      "checkpoint_every=0")
+    result, recorder, trainer = _train(cfg)
+    evals = recorder.of("eval")
+    best = max(evals, key=eval_score)
+    assert result.reason == "early stopping" and result.step < 400
+    assert result.adapter_step == best["step"]
+    # Stopped exactly `patience` evaluations after the best one.
+    assert [e["step"] for e in evals].index(best["step"]) == len(evals) - 3
+    saved = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    from engine import lora
+
+    expected = lora.adapter_weights(trainer.adapter, trainer.best_theta)
+    assert saved.keys() == expected.keys()
+    assert all(torch.equal(saved[k], expected[k]) for k in saved)
+    if best["step"] != result.step:
+        current = lora.adapter_weights(trainer.adapter, trainer.optimizer.theta)
+        assert any(not torch.equal(saved[k], current[k]) for k in saved)
+
+
+@pytest.mark.parametrize("options", [
+    ["optimizer.estimator=one-sided", "optimizer.directions=rademacher", "optimizer.momentum=0.9",
+     "optimizer.schedule=cosine", "optimizer.warmup_steps=2"],
+    ["optimizer.normalize=loss-std", "lora.top_layers=1", "early_stopping_patience=5"],
+])
+def test_resume_replays_the_new_estimator_state_exactly(tiny_config, tmp_path, options):
+    """Momentum, the schedule's position and the best-so-far live in the checkpoint: a run stopped
+    at step 5 and resumed gives the uninterrupted run's losses and adapter bit for bit."""
+    import threading
+
+    from safetensors.torch import load_file
+
+    common = ["steps=8", "checkpoint_every=0", "eval_every=2", *options]
+    _, straight, _ = _train(tiny_config(*common, f"output_dir={tmp_path / 'straight'}"))
+    stop = threading.Event()
+
+    class StopAtStep5:
+        def emit(self, type, data):
+            if type == "metrics" and data["step"] == 5:
+                stop.set()
+
+    cfg = tiny_config(*common, f"output_dir={tmp_path / 'resumed'}")
+    trainer = Trainer(cfg, EventBus([StopAtStep5()]), stop)
+    try:
+        trainer.setup(resume=False)
+        assert trainer.train().step == 5
+    finally:
+        trainer.cleanup()
+    _train(cfg, resume=True)
+    history = read_history(tmp_path / "resumed" / "metrics.jsonl")
+    assert [r["loss"] for r in history if r["type"] == "metrics"] == \
+        [m["loss"] for m in straight.of("metrics")]
+    assert [r["lr"] for r in history if r["type"] == "metrics"] == \
+        [m["lr"] for m in straight.of("metrics")]
+    a = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

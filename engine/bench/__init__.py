@@ -102,6 +102,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, default=None,
                    help="folder for the runs (default runs/bench-accuracy-TIME)")
 
+    p = sub.add_parser("convergence", help="held-out accuracy against training seconds, per estimator option")
+    common(p)
+    from engine.bench.convergence import TASKS, VARIANTS
+
+    p.add_argument("--task", choices=sorted(TASKS), default="sst2")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME",
+                   help=f"runs to make, in order; from: {', '.join(VARIANTS)}")
+    p.add_argument("--minutes", type=float, default=10.0, help="training minutes per run")
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--eval-rows", type=int, default=200)
+    p.add_argument("--train-rows", type=int, default=10000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--set", dest="extra", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides applied to every run after its variant's")
+    p.add_argument("--work", type=Path, default=None,
+                   help="folder for the runs (default runs/bench-convergence-TIME)")
+
     p = sub.add_parser("plot", help="redraw the plots from the JSON results")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--plots", type=Path, default=DOCS)
@@ -129,6 +146,14 @@ def main(argv: list[str]) -> int:
         record = accuracy.run(args.model, args.sst2, args.steps, args.eval_every, args.eval_rows,
                               args.train_rows, args.threads, work, args.only, args.seeds,
                               save=lambda partial: write_json(partial, target))
+    elif args.what == "convergence":
+        from engine.bench import convergence
+
+        work = args.work or Path("runs") / f"bench-convergence-{time.strftime('%Y%m%d-%H%M%S')}"
+        target = args.results / f"convergence-{args.task}{suffix}.json"
+        record = convergence.run(args.model, args.task, args.variants, args.minutes, args.eval_every,
+                                 args.eval_rows, args.train_rows, args.threads, work, args.seeds,
+                                 args.extra, save=lambda partial: write_json(partial, target))
     elif args.what == "backend":
         from engine.bench import backend
 

@@ -88,27 +88,29 @@ class _Progress:
 
 
 def run_variant(variant: Variant, model: str, train: Path, held_out: Path, steps: int,
-                eval_every: int, threads: int, seed: int, folder: Path) -> dict:
+                eval_every: int, threads: int, seed: int, folder: Path, common: list[str] = COMMON,
+                prompt: str = PROMPT, label_words: list[str] = LABEL_WORDS) -> dict:
     from engine import config as config_io
     from engine.events import EventBus
     from engine.trainer import Trainer
 
     out = folder / f"{variant.name.replace(' ', '_').replace('=', '')}-seed{seed}"
-    overrides = [*COMMON, f"seed={seed}", *variant.overrides, f"model={model}", f"dataset={train}",
+    overrides = [*common, f"seed={seed}", *variant.overrides, f"model={model}", f"dataset={train}",
                  f"eval_dataset={held_out}", f"steps={steps}", f"eval_every={eval_every}",
                  f"threads={threads}", f"output_dir={out}"]
     # Set directly: the prompt's braces and the words' leading spaces would not survive key=value.
-    values = config_io.apply_overrides({"prompt_template": PROMPT, "label_words": LABEL_WORDS},
+    values = config_io.apply_overrides({"prompt_template": prompt, "label_words": label_words},
                                        overrides)
     config = config_io.validate(config_io.from_dict(values))
     trainer = Trainer(config, EventBus([_Progress(f"{variant.name} seed {seed}")]))
     try:
         trainer.setup(resume=False)
-        trainer.train()
+        result = trainer.train()
     finally:
         trainer.cleanup()
     return {"name": variant.name, "seed": seed, "config": config_io.to_dict(config),
-            "curve": curve(out / "metrics.jsonl")}
+            "curve": curve(out / "metrics.jsonl"), "reason": result.reason,
+            "adapter_step": result.adapter_step, "steps_run": result.step}
 
 
 def curve(metrics: Path) -> list[dict]:

@@ -17,6 +17,8 @@ __all__ = ["LossFn", "StepResult", "TrainedOptimizer", "build", "copies_needed"]
 def copies_needed(config: OptimizerConfig) -> int:
     """Copies of each LoRA tensor the optimiser evaluates in one pass."""
     if config.name == "prge":
+        if config.estimator == "one-sided":
+            return config.q + 1  # copy 0 is θ itself
         return 2 * config.q if config.mode == "dual" else config.q
     return 1
 

@@ -1,4 +1,5 @@
-"""What every optimiser shares: the master weights, the step seeds, the perturbation directions."""
+"""What every optimiser shares: the master weights, the step seeds, the perturbation directions,
+and the zeroth-order update (optionally normalised and with momentum)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ LossFn = Callable[[int], torch.Tensor]
 
 @dataclass
 class StepResult:
-    loss: float  # mean loss of the step's batch at θ (± pairs averaged for zeroth-order)
+    loss: float  # mean loss of the step's batch at θ (± pairs averaged for two-sided estimates)
     projected_grads: list[float] = field(default_factory=list)  # g_i per direction (ZO only)
 
 
@@ -41,35 +42,76 @@ class TrainedOptimizer:
         self.theta = store.copies[0].detach().clone()
         self._z = torch.empty_like(self.theta)
         self._generator = torch.Generator(device=self.theta.device)
+        # Heavy-ball state: a flat vector like θ, kept only when momentum is on (it is checkpointed).
+        self.velocity = torch.zeros_like(self.theta) if config.momentum else None
 
-    def step(self, losses: LossFn, step: int) -> StepResult:
+    def step(self, losses: LossFn, step: int, lr: float | None = None) -> StepResult:
+        """One optimiser step at learning rate `lr` (the schedule's value; config.lr if None)."""
         raise NotImplementedError
 
     def direction(self, step: int, direction: int) -> torch.Tensor:
         """z for one direction (in a scratch buffer reused by every call)."""
         self._generator.manual_seed(direction_seed(self.seed, step, direction))
+        if self.config.directions == "rademacher":
+            return self._z.bernoulli_(0.5, generator=self._generator).mul_(2).sub_(1)
         return torch.randn(self.theta.shape, generator=self._generator, out=self._z)
 
     def perturb(self, copy: int, z: torch.Tensor, scale: float) -> None:
         """Copy `copy` of the adapter ← θ + scale · z."""
         torch.add(self.theta, z, alpha=scale, out=self.store.copies.data[copy])
 
-    def update(self, directions: torch.Tensor, grads: list[float], unit: float) -> None:
-        """θ ← θ − lr · (1/q) Σ g_i · unit · directions[i] (one GEMV), then every copy ← θ."""
-        coefficients = torch.tensor(grads, dtype=self.theta.dtype, device=self.theta.device)
-        self.theta.addmv_(directions.T, coefficients, alpha=-self.config.lr * unit / len(grads))
+    def update(self, directions: torch.Tensor, coefficients: list[float], unit: float, lr: float) -> None:
+        """θ ← θ − lr · (1/n) Σ c_i · unit · directions[i] (one GEMV; through the velocity when
+        momentum is on), then every copy ← θ. `unit` undoes the scale the directions were read
+        back at (θ ± εz differences)."""
+        c = torch.tensor(coefficients, dtype=self.theta.dtype, device=self.theta.device)
+        scale = unit / len(coefficients)
+        if self.velocity is None:
+            self.theta.addmv_(directions.T, c, alpha=-lr * scale)
+        else:
+            # Dampened (1 − β): the same lr means the same step size as without momentum.
+            beta = self.config.momentum
+            self.velocity.mul_(beta).addmv_(directions.T, c, alpha=(1 - beta) * scale)
+            self.theta.add_(self.velocity, alpha=-lr)
+        self.broadcast()
+
+    def apply_sum(self, weighted_sum: torch.Tensor, n: int, lr: float) -> None:
+        """θ ← θ − lr · weighted_sum / n for an estimate already summed over n directions."""
+        if self.velocity is None:
+            self.theta.add_(weighted_sum, alpha=-lr / n)
+        else:
+            beta = self.config.momentum
+            self.velocity.mul_(beta).add_(weighted_sum, alpha=(1 - beta) / n)
+            self.theta.add_(self.velocity, alpha=-lr)
         self.broadcast()
 
     def broadcast(self) -> None:
         self.store.copies.data.copy_(self.theta.expand_as(self.store.copies))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"theta": self.theta}
+        state = {"theta": self.theta}
+        if self.velocity is not None:
+            state["velocity"] = self.velocity
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.theta.copy_(state["theta"])
+        if self.velocity is not None and "velocity" in state:
+            self.velocity.copy_(state["velocity"])
         self.broadcast()
 
 
-def projected_grads(plus: torch.Tensor, minus: torch.Tensor, eps: float) -> list[float]:
-    return ((plus.double() - minus.double()) / (2 * eps)).tolist()
+def coefficients(differences: torch.Tensor, perturbed: torch.Tensor, config: OptimizerConfig) -> list[float]:
+    """Each direction's weight in the gradient estimate, from its loss difference d_i
+    (L(θ+εz_i) − L(θ) one-sided, half of L(θ+εz_i) − L(θ−εz_i) two-sided).
+
+    Plain: d_i / ε, the projected gradient. With loss-std normalisation (FZOO) d_i is divided by
+    the spread of the step's perturbed losses instead: the step no longer follows the loss scale
+    (large while far from a basin, small near one) and ε drops out of the step size.
+    """
+    differences = differences.double()
+    if config.normalize == "loss-std":
+        spread = float(perturbed.double().std(unbiased=False))
+        # Equal losses carry no information about the direction: no step.
+        return (differences / spread).tolist() if spread > 0 else [0.0] * len(differences)
+    return (differences / config.eps).tolist()

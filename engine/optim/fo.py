@@ -18,7 +18,8 @@ class FirstOrder(TrainedOptimizer):
         store.copies.requires_grad_(True)
         self._adamw = torch.optim.AdamW([store.copies], lr=config.lr, weight_decay=config.weight_decay)
 
-    def step(self, losses: LossFn, step: int) -> StepResult:
+    def step(self, losses: LossFn, step: int, lr: float | None = None) -> StepResult:
+        self._adamw.param_groups[0]["lr"] = self.config.lr if lr is None else lr
         self._adamw.zero_grad(set_to_none=True)
         with torch.enable_grad():
             loss = losses(1)[0]

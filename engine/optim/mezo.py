@@ -10,7 +10,7 @@ import torch
 
 from engine.config import OptimizerConfig
 from engine.lora import LoRAStore
-from engine.optim.base import LossFn, StepResult, TrainedOptimizer, projected_grads
+from engine.optim.base import LossFn, StepResult, TrainedOptimizer, coefficients
 
 
 class MeZO(TrainedOptimizer):
@@ -21,7 +21,7 @@ class MeZO(TrainedOptimizer):
         super().__init__(config, store, seed)
         self._weighted_sum = torch.empty_like(self.theta)
 
-    def step(self, losses: LossFn, step: int) -> StepResult:
+    def step(self, losses: LossFn, step: int, lr: float | None = None) -> StepResult:
         q, eps = self.config.q, self.config.eps
         weighted_sum = self._weighted_sum.zero_()
         plus, minus, grads = [], [], []
@@ -31,9 +31,8 @@ class MeZO(TrainedOptimizer):
             plus.append(losses(1))
             self.perturb(0, z, -eps)
             minus.append(losses(1))
-            grads += projected_grads(plus[-1], minus[-1], eps)
+            grads += coefficients((plus[-1].double() - minus[-1].double()) / 2, plus[-1], self.config)
             weighted_sum.add_(z, alpha=grads[-1])
-        self.theta.add_(weighted_sum, alpha=-self.config.lr / q)
-        self.broadcast()
+        self.apply_sum(weighted_sum, q, self.config.lr if lr is None else lr)
         plus_t, minus_t = torch.cat(plus), torch.cat(minus)
         return StepResult(loss=float((plus_t + minus_t).mean() / 2), projected_grads=grads)

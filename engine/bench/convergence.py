@@ -1,0 +1,105 @@
+"""Held-out accuracy against wall-clock training seconds: each estimator option alone, their
+combination, MeZO and first-order LoRA, on SST-2 and AG News, each a real Trainer run with a time
+budget (the code a user runs: `time_budget_minutes`)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.bench.accuracy import Variant, run_variant, write_split
+from engine.bench.common import REPO, environment, finish
+from engine.errors import UserError
+
+SHARED = REPO.parent / "shared" / "data"
+
+
+@dataclass
+class Task:
+    tsv: Path
+    prompt: str
+    label_words: list[str]
+    labels: list[str]  # the TSV's label column values, in label_words order
+
+
+TASKS = {
+    "sst2": Task(SHARED / "sst2" / "train.tsv", "{text} It was", [" terrible", " great"], ["0", "1"]),
+    "agnews": Task(SHARED / "agnews" / "train.tsv", "{text}\nTopic:",
+                   [" world", " sports", " business", " science"],
+                   ["World", "Sports", "Business", "Sci/Tech"]),
+}
+
+# Shared by every variant: the demo's adapter (LoRA-FA r=8, all seven projections) unless the
+# variant says otherwise.
+COMMON = ["task=classification", "max_seq_len=64", "lora.variant=lora-fa", "lora.rank=8",
+          "lora.alpha=16", "checkpoint_every=0", "eval_rows=0", "device=cpu", "dtype=float32",
+          "steps=100000"]
+
+TODAY = ["optimizer.name=prge", "optimizer.q=4", "batch_size=4", "optimizer.eps=1e-2",
+         "optimizer.lr=1e-2"]
+VARIANTS = {
+    "prge today": TODAY,
+    "+ cosine": [*TODAY, "optimizer.schedule=cosine"],
+    "+ top 8 layers": [*TODAY, "lora.top_layers=8"],
+    "+ one-sided q=7": [*TODAY, "optimizer.estimator=one-sided", "optimizer.q=7"],
+    "+ rademacher": [*TODAY, "optimizer.directions=rademacher"],
+    "+ loss-std": [*TODAY, "optimizer.normalize=loss-std", "optimizer.lr=1e-3"],
+    "+ momentum 0.9": [*TODAY, "optimizer.momentum=0.9"],
+    "combo": [*TODAY, "lora.top_layers=8", "optimizer.estimator=one-sided", "optimizer.q=7",
+              "optimizer.directions=rademacher", "optimizer.schedule=cosine"],
+    "combo loss-std": [*TODAY, "lora.top_layers=8", "optimizer.estimator=one-sided", "optimizer.q=7",
+                       "optimizer.directions=rademacher", "optimizer.schedule=cosine",
+                       "optimizer.normalize=loss-std", "optimizer.lr=2e-2"],
+    "mezo": ["optimizer.name=mezo", "optimizer.q=4", "batch_size=4", "optimizer.eps=1e-2",
+             "optimizer.lr=1e-2"],
+    "fo": ["optimizer.name=fo", "batch_size=16", "optimizer.lr=1e-3", "lora.targets=[q_proj, v_proj]"],
+}
+
+
+def write_task_split(task: Task, folder: Path, eval_rows: int, train_rows: int,
+                     seed: int) -> tuple[Path, Path]:
+    """A seeded held-out set and training sample as JSONL (integer labels in label_words order)."""
+    if task.tsv.name == "train.tsv" and task.tsv.parent.name == "sst2":
+        return write_split(task.tsv, folder, eval_rows, train_rows, seed)
+    if not task.tsv.exists():
+        raise UserError(f"{task.tsv}: not found; the benchmark data lives in ../shared/data")
+    rows = []
+    with task.tsv.open(encoding="utf-8") as handle:
+        handle.readline()
+        for number, line in enumerate(handle, start=2):
+            text, _, label = line.rstrip("\n").rpartition("\t")
+            if label not in task.labels:
+                raise UserError(f"{task.tsv}:{number}: label {label!r} is none of {task.labels}")
+            rows.append({"text": text.strip(), "label": task.labels.index(label)})
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / f"{task.tsv.parent.name}-train.jsonl", folder / f"{task.tsv.parent.name}-eval.jsonl"
+    for path, chosen in zip(paths, (order[eval_rows:eval_rows + train_rows], order[:eval_rows]), strict=True):
+        path.write_text("".join(json.dumps(rows[i]) + "\n" for i in chosen), encoding="utf-8")
+    return paths
+
+
+def run(model: str, task_name: str, variants: list[str], minutes: float, eval_every: int,
+        eval_rows: int, train_rows: int, threads: int, folder: Path, seeds: list[int],
+        extra: list[str], save: Callable[[dict], object]) -> dict:
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise UserError(f"--variants {unknown}: no such variant; choose from {sorted(VARIANTS)}")
+    task = TASKS[task_name]
+    record = {"benchmark": "convergence", "task": task_name, "model": model, "minutes": minutes,
+              "eval_rows": eval_rows, "train_rows": train_rows, "split_seed": 0, "seeds": seeds,
+              "environment": environment(threads), "runs": []}
+    train, held_out = write_task_split(task, folder / "data", eval_rows, train_rows, seed=0)
+    for seed in seeds:
+        for name in variants:
+            overrides = [*VARIANTS[name], f"time_budget_minutes={minutes}", *extra]
+            result = run_variant(Variant(name, overrides, 1.0), model, train, held_out, 100000,
+                                 eval_every, threads, seed, folder, COMMON, task.prompt, task.label_words)
+            result["extra"] = extra
+            record["runs"].append(result)
+            save(finish(record))
+    return finish(record)
