@@ -18,10 +18,12 @@ from engine.config import _CHOICES, TrainConfig, get_field
 # The fields shown, in order (dotted paths into TrainConfig). Device, dtype and the memory
 # budget belong to the Device group (app.device_panel).
 FIELDS = (
-    "task", "steps", "batch_size", "max_seq_len", "backend",
-    "optimizer.name", "optimizer.q", "optimizer.mode", "optimizer.eps", "optimizer.lr",
-    "lora.variant", "lora.rank", "lora.alpha",
-    "eval_every", "checkpoint_every", "seed", "threads",
+    "task", "time_budget_minutes", "steps", "batch_size", "max_seq_len", "backend",
+    "optimizer.name", "optimizer.q", "optimizer.mode", "optimizer.estimator",
+    "optimizer.directions", "optimizer.normalize", "optimizer.eps", "optimizer.lr",
+    "optimizer.schedule", "optimizer.warmup_steps", "optimizer.momentum",
+    "lora.variant", "lora.rank", "lora.alpha", "lora.top_layers",
+    "eval_every", "early_stopping_patience", "checkpoint_every", "seed", "threads",
     "label_words", "prompt_template",
 )
 
@@ -89,6 +91,9 @@ class SettingsForm(QWidget):
                 widget.setToolTip('JSON list, label order, e.g. [" terrible", " great"]; [] infers')
             elif name == "prompt_template":
                 widget.setToolTip(r"{text} is the row's text; \n is a line break")
+        if name == "time_budget_minutes":
+            widget.setToolTip("train for this many minutes (0 = until the last step); the run then "
+                              "evaluates, checkpoints and writes its adapter as after its last step")
         if name == "backend":
             widget.setToolTip("executorch: every forward pass runs in the ExecuTorch runtime, as on a "
                               "phone (CPU, float32, P-RGE or MeZO; lowering takes minutes once per run)")

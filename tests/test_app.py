@@ -175,6 +175,21 @@ def test_end_to_end_training_from_the_window(make_window, qtbot, tiny_model, cla
     assert window.curves.point_count("loss") == 4
 
 
+def test_train_for_n_minutes_from_the_window(make_window, qtbot, tiny_model, classification_data):
+    """"Train for N minutes": the run ends on its time budget, long before its step count, and
+    finishes like a completed run (final evaluation, adapter)."""
+    window = make_window()
+    _fill_tiny(window, tiny_model, classification_data, steps=100000, eval_every=0,
+               time_budget_minutes="0.003")
+    assert window.form.config().time_budget_minutes == pytest.approx(0.003)
+    with qtbot.waitSignal(window.sig_run_finished, timeout=ENGINE_TIMEOUT_MS) as finished:
+        qtbot.mouseClick(window.start_button, Qt.MouseButton.LeftButton)
+    assert finished.args == ["completed"], window.log.toPlainText()
+    assert 1 <= window.progress.value() < 100000
+    assert "time budget of 0.003 min reached" in window.log.toPlainText()
+    assert (window.run.output_dir / "adapter" / "adapter_config.json").is_file()
+
+
 def test_drop_dataset_file_shows_preview_and_inspection(make_window, qtbot, classification_data):
     window = make_window()
     with qtbot.waitSignal(window.preview.sig_inspected, timeout=60_000) as inspected:
