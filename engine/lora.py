@@ -128,9 +128,10 @@ class LoRALinear(nn.Module):
         n = self.active_copies
         if x.shape[0] % n:
             raise ValueError(f"batch of {x.shape[0]} rows does not split into {n} copies")
-        b = self.store.view(self.b_key)[:n]
+        # The store is float32 whatever the base's dtype; the matmuls run in the base's.
+        b = self.store.view(self.b_key)[:n].to(x.dtype)
         if self.train_a:
-            a = self.store.view(self.a_key)[:n]
+            a = self.store.view(self.a_key)[:n].to(x.dtype)
             h = torch.bmm(x.reshape(n, -1, x.shape[-1]), a.transpose(1, 2))
         else:
             h = x @ self.frozen_a.T if self.shared_down is None else self.shared_down[0](
@@ -256,7 +257,9 @@ def inject(model: nn.Module, config: LoraConfig, copies: int, seed: int) -> Adap
             f"available: {', '.join(available)}"
         )
     weight = next(iter(layers.values())).base.weight
-    store = LoRAStore(shapes, copies, weight.device, weight.dtype)
+    # θ, the perturbations and the update stay float32 on a bfloat16/float16 base: with 8 mantissa
+    # bits a step of lr·g·z below θ's resolution would round away and training would stall.
+    store = LoRAStore(shapes, copies, weight.device, torch.float32)
     for key, a in a_inits.items():
         store.view(key).copy_(a.expand_as(store.view(key)))
     for layer in layers.values():

@@ -279,3 +279,30 @@ def test_momentum_and_schedule(tiny_model):
     assert learning_rate(cosine, 10, 0.5) == pytest.approx(0.5)
     assert learning_rate(cosine, 10, 1.0) == pytest.approx(0.0)
     assert learning_rate(OptimizerConfig(lr=0.3), 99, 0.9) == 0.3
+
+
+def test_bfloat16_base_keeps_a_float32_adapter_that_small_updates_move(tiny_model, classification_data):
+    """On a bfloat16 base (CUDA's default) θ stays float32: an update far below bfloat16's
+    resolution at θ (2^-7 at 1.0) still moves it, and the batched forward runs in bfloat16."""
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.bfloat16).eval()
+    cfg = OptimizerConfig(q=2, lr=1e-4, eps=1e-2)
+    adapter = lora.inject(model, LoraConfig(rank=4), copies_needed(cfg), seed=0)
+    optimizer = build(cfg, adapter.store, seed=0)
+    assert adapter.store.copies.dtype == torch.float32 and optimizer.theta.dtype == torch.float32
+    optimizer.theta.fill_(1.0)
+    optimizer.broadcast()
+    data = load_dataset(classification_data, label_words=[" terrible", " great"])
+    objective = Objective(_tokenizer(tiny_model), "classification", 48, data.label_words)
+    batch = objective.encode(data.examples[:4])
+
+    def losses(n):
+        with lora.active_copies(adapter, n):
+            return objective.losses(model, batch, n)
+
+    with torch.inference_mode():
+        result = optimizer.step(losses, 0)
+    assert all(abs(g) > 0 for g in result.projected_grads)
+    moved = (optimizer.theta - 1.0).abs()
+    assert 0 < moved.max() < 2**-8  # below bfloat16's spacing at 1.0, yet θ changed
+    assert (moved > 0).float().mean() > 0.9
+    assert torch.bfloat16 == model.model.layers[0].self_attn.q_proj.base.weight.dtype

@@ -178,7 +178,8 @@ def main(argv: list[str]) -> int:
             record = speed.step_times(args.model, args.seq_len, args.qs, args.effective_batch,
                                       args.fixed_b, args.fixed_b_max_q, args.reps, args.warmup,
                                       args.threads, args.profile, args.baseline)
-    path = write_json(record, args.results / f"{args.what}{suffix}.json")
+    stem = f"convergence-{args.task}" if args.what == "convergence" else args.what
+    path = write_json(record, args.results / f"{stem}{suffix}.json")
     from engine.bench.plots import plot_all
     from engine.bench.report import summary
 

@@ -14,7 +14,7 @@ def plot_all(results: Path, plots: Path) -> list[Path]:
     matplotlib.use("Agg")
     drawn = []
     for name, draw in (("throughput", _throughput), ("step", _step), ("accuracy", _accuracy),
-                       ("memory", _memory)):
+                       ("convergence", _accuracy), ("memory", _memory)):
         for path in sorted(results.glob(f"{name}*.json")):
             record = read_json(path)
             if record and record.get("benchmark") == name:
@@ -96,14 +96,16 @@ def _accuracy(record: dict, target: Path) -> None:
     for run in record["runs"]:
         curve = run["curve"]
         # One colour per variant, its seeds told apart by marker, so the spread between seeds shows.
-        colour = colours.setdefault(run["name"], f"C{len(colours)}")
+        name = run["name"] + (f" [{' '.join(run['extra'])}]" if run.get("extra") else "")
+        colour = colours.setdefault(name, f"C{len(colours) % 10}")
         marker = "osD^v"[record["seeds"].index(run["seed"]) % 5] if run["seed"] in record["seeds"] else "o"
-        label = run["name"] if sum(r["name"] == run["name"] for r in record["runs"]) == 1 \
-            else f"{run['name']} seed {run['seed']}"
+        label = name if len(record["seeds"]) == 1 else f"{name} seed {run['seed']}"
         for axis, x in ((left, "step"), (right, "train_seconds")):
             axis.plot([p[x] for p in curve], [p["accuracy"] for p in curve], marker=marker,
                       color=colour, alpha=0.85, label=label)
-    zero = record.get("zero_shot_accuracy")
+    # Every adapter starts at B = 0: a run's step-0 evaluation is the zero-shot model.
+    zero = record.get("zero_shot_accuracy") or (record["runs"][0]["curve"][0]["accuracy"]
+                                                if record["runs"] else None)
     for axis, xlabel in ((left, "step"), (right, "training seconds (evaluation excluded)")):
         if zero is not None:
             axis.axhline(zero, color="grey", linestyle=":", label="zero-shot")
@@ -111,7 +113,8 @@ def _accuracy(record: dict, target: Path) -> None:
         axis.grid(alpha=0.3)
     left.legend(fontsize=8)
     seeds = ", ".join(str(seed) for seed in record["seeds"])
-    fig.suptitle(f"SST-2, {model_label(record['model'])}, training seed(s) {seeds}")
+    task = {"sst2": "SST-2", "agnews": "AG News"}[record.get("task", "sst2")]
+    fig.suptitle(f"{task}, {model_label(record['model'])}, training seed(s) {seeds}")
     _save(fig, target)
 
 

@@ -11,7 +11,8 @@ def summary(record: dict) -> str:
             f"threads, torch {env['torch']}, rev {env['git_revision']}, load average "
             f"{_load(env['load_average_at_start'])} → {_load(env.get('load_average_at_end'))}")
     body = {"throughput": _throughput, "step": _step, "accuracy": _accuracy,
-            "memory": _memory, "backend": _backend, "pte": _pte}[record["benchmark"]]
+            "memory": _memory, "backend": _backend, "pte": _pte,
+            "convergence": _convergence}[record["benchmark"]]
     return head + "\n" + "\n".join(body(record))
 
 
@@ -106,4 +107,17 @@ def _pte(record: dict) -> list[str]:
         t = row["timings"]
         lines.append(f"  {row['tokens']:6d} | {_ms(t['executorch'])} | {_ms(t['pytorch'])} | "
                      f"{row['speedup_executorch_over_pytorch']:.2f}x | {row['max_abs_logit_difference']:.2g}")
+    return lines
+
+
+def _convergence(record: dict) -> list[str]:
+    lines = [f"{record['task']}, {record['minutes']:g} training minutes per run, "
+             f"{record['eval_rows']} held-out rows",
+             "run | seed | ended by | steps | held-out accuracy at (step, training s) … | adapter step"]
+    for run in record["runs"]:
+        points = " ".join(f"{p['accuracy']:.3f}@({p['step']},{p['train_seconds']:.0f}s)"
+                          for p in run["curve"])
+        extra = f" [{' '.join(run['extra'])}]" if run.get("extra") else ""
+        lines.append(f"  {run['name']}{extra} | {run['seed']} | {run['reason']} | {run['steps_run']} | "
+                     f"{points} | {run['adapter_step']}")
     return lines
