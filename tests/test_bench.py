@@ -165,3 +165,35 @@ def test_backend_times_eager_against_the_executorch_program(tiny_model, tmp_path
     assert record["max_theta"] > 0
     assert record["max_theta_difference"] <= 1e-4 * record["max_theta"]
     assert "executorch speed-up over eager" in capsys.readouterr().out
+
+
+def test_convergence_runs_each_variant_on_its_time_budget(tiny_model, tmp_path, sst2_like):
+    assert main(["convergence", *_common(tiny_model, tmp_path), "--data", str(sst2_like),
+                 "--variants", "prge today", "+ cosine + top 8 layers", "--minutes", "0.002",
+                 "--eval-every", "1000", "--eval-rows", "8", "--train-rows", "40",
+                 "--work", str(tmp_path / "runs")]) == 0
+    record = json.loads((tmp_path / "results" / "convergence-sst2.json").read_text())
+    assert [r["name"] for r in record["runs"]] == ["prge today", "+ cosine + top 8 layers"]
+    for run in record["runs"]:
+        assert run["reason"] == "time budget" and run["steps_run"] >= 1
+        assert run["curve"][0]["step"] == 0 and run["curve"][-1]["step"] == run["steps_run"]
+        assert run["curve"][-1]["train_seconds"] >= 0.12
+    assert record["runs"][1]["config"]["optimizer"]["schedule"] == "cosine"
+    assert (tmp_path / "plots" / "bench-convergence-sst2.png").exists()
+
+
+def test_convergence_reads_topic_data_and_names_a_bad_label(tiny_model, tmp_path):
+    rows = [json.loads(line) for line in DEMO_DATA.read_text().splitlines()[:40]]
+    good = tmp_path / "topics.tsv"
+    good.write_text("text\tlabel\n" + "".join(
+        f"{r['text']}\t{['World', 'Sports'][r['label'] == 'positive']}\n" for r in rows))
+    assert main(["convergence", *_common(tiny_model, tmp_path), "--task", "agnews", "--data", str(good),
+                 "--variants", "prge today", "--minutes", "0.001", "--eval-rows", "8",
+                 "--train-rows", "24", "--work", str(tmp_path / "runs")]) == 0
+    record = json.loads((tmp_path / "results" / "convergence-agnews.json").read_text())
+    assert record["runs"][0]["config"]["label_words"] == [" world", " sports", " business", " science"]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text(good.read_text().replace("\tSports\n", "\tsport\n", 1))
+    with pytest.raises(UserError, match=r"bad.tsv:\d+: label 'sport'"):
+        main(["convergence", *_common(tiny_model, tmp_path), "--task", "agnews", "--data", str(bad),
+              "--variants", "prge today", "--minutes", "0.001", "--work", str(tmp_path / "runs2")])

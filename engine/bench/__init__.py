@@ -107,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     from engine.bench.convergence import TASKS, VARIANTS
 
     p.add_argument("--task", choices=sorted(TASKS), default="sst2")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the task's TSV (default: its file in ../shared/data)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME",
                    help=f"runs to make, in order; from: {', '.join(VARIANTS)}")
     p.add_argument("--minutes", type=float, default=10.0, help="training minutes per run")
@@ -151,7 +153,8 @@ def main(argv: list[str]) -> int:
 
         work = args.work or Path("runs") / f"bench-convergence-{time.strftime('%Y%m%d-%H%M%S')}"
         target = args.results / f"convergence-{args.task}{suffix}.json"
-        record = convergence.run(args.model, args.task, args.variants, args.minutes, args.eval_every,
+        record = convergence.run(args.model, args.task, args.data, args.variants, args.minutes,
+                                 args.eval_every,
                                  args.eval_rows, args.train_rows, args.threads, work, args.seeds,
                                  args.extra, save=lambda partial: write_json(partial, target))
     elif args.what == "backend":

@@ -44,6 +44,8 @@ VARIANTS = {
     "prge today": TODAY,
     "+ cosine": [*TODAY, "optimizer.schedule=cosine"],
     "+ top 8 layers": [*TODAY, "lora.top_layers=8"],
+    "+ cosine + top 8 layers": [*TODAY, "optimizer.schedule=cosine", "lora.top_layers=8"],
+    "+ cosine + momentum 0.9": [*TODAY, "optimizer.schedule=cosine", "optimizer.momentum=0.9"],
     "+ one-sided q=7": [*TODAY, "optimizer.estimator=one-sided", "optimizer.q=7"],
     "+ rademacher": [*TODAY, "optimizer.directions=rademacher"],
     "+ loss-std": [*TODAY, "optimizer.normalize=loss-std", "optimizer.lr=1e-3"],
@@ -58,47 +60,60 @@ VARIANTS = {
                           "optimizer.estimator=one-sided", "optimizer.q=7",
                           "optimizer.directions=rademacher", "optimizer.schedule=cosine",
                           "optimizer.lr=3e-2"],
+    "wide top4 o,down": [*TODAY, "lora.top_layers=4", "lora.targets=[o_proj, down_proj]",
+                         "optimizer.estimator=one-sided", "optimizer.q=31", "batch_size=8",
+                         "optimizer.directions=rademacher", "optimizer.schedule=cosine",
+                         "optimizer.lr=0.3"],
+    "wide top8": [*TODAY, "lora.top_layers=8", "optimizer.estimator=one-sided", "optimizer.q=31",
+                  "batch_size=8", "optimizer.directions=rademacher", "optimizer.schedule=cosine",
+                  "optimizer.lr=3e-2"],
     "mezo": ["optimizer.name=mezo", "optimizer.q=4", "batch_size=4", "optimizer.eps=1e-2",
              "optimizer.lr=1e-2"],
     "fo": ["optimizer.name=fo", "batch_size=16", "optimizer.lr=1e-3", "lora.targets=[q_proj, v_proj]"],
 }
 
 
-def write_task_split(task: Task, folder: Path, eval_rows: int, train_rows: int,
-                     seed: int) -> tuple[Path, Path]:
-    """A seeded held-out set and training sample as JSONL (integer labels in label_words order)."""
-    if task.tsv.name == "train.tsv" and task.tsv.parent.name == "sst2":
-        return write_split(task.tsv, folder, eval_rows, train_rows, seed)
-    if not task.tsv.exists():
-        raise UserError(f"{task.tsv}: not found; the benchmark data lives in ../shared/data")
+def write_topic_split(task: Task, tsv: Path, folder: Path, eval_rows: int, train_rows: int,
+                      seed: int) -> tuple[Path, Path]:
+    """AG News' text<TAB>label rows as a seeded held-out set and training sample (JSONL, integer
+    labels in label_words order)."""
+    if not tsv.exists():
+        raise UserError(f"{tsv}: not found; pass --data PATH to a text<TAB>label file with a header row")
     rows = []
-    with task.tsv.open(encoding="utf-8") as handle:
+    with tsv.open(encoding="utf-8") as handle:
         handle.readline()
         for number, line in enumerate(handle, start=2):
             text, _, label = line.rstrip("\n").rpartition("\t")
             if label not in task.labels:
-                raise UserError(f"{task.tsv}:{number}: label {label!r} is none of {task.labels}")
+                raise UserError(f"{tsv}:{number}: label {label!r} is none of {task.labels}")
             rows.append({"text": text.strip(), "label": task.labels.index(label)})
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
+    if len(order) < eval_rows + 16:
+        raise UserError(f"{tsv}: {len(order)} rows; need at least {eval_rows + 16}")
     folder.mkdir(parents=True, exist_ok=True)
-    paths = folder / f"{task.tsv.parent.name}-train.jsonl", folder / f"{task.tsv.parent.name}-eval.jsonl"
+    paths = folder / "topics-train.jsonl", folder / "topics-eval.jsonl"
     for path, chosen in zip(paths, (order[eval_rows:eval_rows + train_rows], order[:eval_rows]), strict=True):
         path.write_text("".join(json.dumps(rows[i]) + "\n" for i in chosen), encoding="utf-8")
     return paths
 
 
-def run(model: str, task_name: str, variants: list[str], minutes: float, eval_every: int,
-        eval_rows: int, train_rows: int, threads: int, folder: Path, seeds: list[int],
-        extra: list[str], save: Callable[[dict], object]) -> dict:
+def run(model: str, task_name: str, data: Path | None, variants: list[str], minutes: float,
+        eval_every: int, eval_rows: int, train_rows: int, threads: int, folder: Path,
+        seeds: list[int], extra: list[str], save: Callable[[dict], object]) -> dict:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise UserError(f"--variants {unknown}: no such variant; choose from {sorted(VARIANTS)}")
     task = TASKS[task_name]
+    tsv = data or task.tsv
     record = {"benchmark": "convergence", "task": task_name, "model": model, "minutes": minutes,
+              "dataset": str(tsv),
               "eval_rows": eval_rows, "train_rows": train_rows, "split_seed": 0, "seeds": seeds,
               "environment": environment(threads), "runs": []}
-    train, held_out = write_task_split(task, folder / "data", eval_rows, train_rows, seed=0)
+    if task_name == "sst2":
+        train, held_out = write_split(tsv, folder / "data", eval_rows, train_rows, seed=0)
+    else:
+        train, held_out = write_topic_split(task, tsv, folder / "data", eval_rows, train_rows, seed=0)
     for seed in seeds:
         for name in variants:
             overrides = [*VARIANTS[name], f"time_budget_minutes={minutes}", *extra]
