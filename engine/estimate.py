@@ -95,12 +95,15 @@ def lora_parameters(shape: Shape, config: TrainConfig) -> int:
     for name, (fan_in, fan_out) in shape.projection_shapes().items():
         if name in config.lora.targets:
             total += config.lora.rank * (fan_out + (fan_in if config.lora.variant == "lora" else 0))
-    return total * shape.layers
+    adapted = min(config.lora.top_layers, shape.layers) if config.lora.top_layers else shape.layers
+    return total * adapted
 
 
 def copies(config: TrainConfig) -> int:
     opt = config.optimizer
     if opt.name == "prge":
+        if opt.estimator == "one-sided":
+            return opt.q + 1
         return 2 * opt.q if opt.mode == "dual" else opt.q
     return 1
 
@@ -141,8 +144,10 @@ def estimate(shape: Shape, config: TrainConfig, dtype: str = "float32",
         # weights copy, θ, gradient, two AdamW moments
         adapter, optimizer = 2 * lora * size, 3 * lora * 4
     else:
-        # the copies, θ and one direction's z
-        adapter, optimizer = (copies(config) + 2) * lora * size, 0
+        # the copies, θ and one direction's z (float32 whatever the base dtype), and the
+        # momentum vector when it is on
+        adapter = (copies(config) + 2) * lora * 4
+        optimizer = lora * 4 if config.optimizer.momentum else 0
     activations = max(activations, forward_bytes(shape, eval_rows, config, size, scored_tokens))
     return Estimate(RUNTIME_BYTES, shape.parameters() * size, adapter, activations, optimizer)
 
