@@ -136,7 +136,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     # auto | cpu | cuda | mps.
     device: str = "auto"
-    # auto (float32 on CPU and MPS, bfloat16 on CUDA) | float32 | bfloat16 | float16.
+    # The frozen base's precision (the trained adapter, its perturbations and updates stay
+    # float32 whatever this is): auto (float32 on CPU and MPS, bfloat16 on CUDA) | float32 |
+    # bfloat16 (half the weight memory; fast only where the CPU has native bf16) | float16 |
+    # int8 (weight-only int8 projections via torchao, computing in float32: about a quarter of
+    # the projections' memory, slightly perturbed logits).
     dtype: str = "auto"
     # CPU threads for torch (0 = torch's default). Pin it to compare timings.
     threads: int = 0
@@ -159,7 +163,7 @@ _CHOICES = {
     "schema": ("auto", "classification", "prompt_completion", "alpaca", "messages",
                "conversations", "text"),
     "device": ("auto", "cpu", "cuda", "mps"),
-    "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "dtype": ("auto", "float32", "bfloat16", "float16", "int8"),
     "backend": ("pytorch", "executorch"),
     "optimizer.name": ("prge", "mezo", "fo"),
     "optimizer.mode": ("dual", "single"),

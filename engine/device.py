@@ -33,7 +33,9 @@ def resolve(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
+    """The dtype the base computes in (int8 bases hold int8 weights but compute in float32 on the
+    CPU and MPS, bfloat16 on CUDA)."""
+    if name in ("auto", "int8"):
         # bf16 halves memory and is fast on CUDA; CPU and MPS matmuls are most reliable in fp32.
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]

@@ -18,7 +18,8 @@ from typing import Any
 from engine.config import TrainConfig
 
 RUNTIME_BYTES = 470 * 2**20
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Bytes per activation value; int8 keeps float32 activations (weight-only quantisation).
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 4}
 # Per token, in units of hidden (H) and MLP (I) widths: what one layer's forward holds at its
 # peak (inference), and what backprop keeps per layer for the backward pass (fo).
 INFERENCE_PER_TOKEN = (6, 3)
@@ -62,9 +63,20 @@ class Shape:
                 "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
 
     def parameters(self) -> int:
-        per_layer = sum(i * o for i, o in self.projection_shapes().values()) + 2 * self.hidden
         embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
-        return embeddings + self.layers * per_layer + self.hidden
+        return embeddings + self.linear_parameters() + self.layers * 2 * self.hidden + self.hidden
+
+    def linear_parameters(self) -> int:
+        """The decoder blocks' projections: what an int8 base stores in one byte each."""
+        return self.layers * sum(i * o for i, o in self.projection_shapes().values())
+
+    def weights_bytes(self, dtype: str) -> int:
+        if dtype == "int8":
+            # Projections int8 (plus a float32 scale per output row); embeddings, the output
+            # head and the norms stay float32.
+            rows = self.layers * sum(o for _, o in self.projection_shapes().values())
+            return self.linear_parameters() + 4 * rows + 4 * (self.parameters() - self.linear_parameters())
+        return self.parameters() * DTYPE_BYTES.get(dtype, 4)
 
 
 @dataclass(frozen=True)
@@ -149,7 +161,7 @@ def estimate(shape: Shape, config: TrainConfig, dtype: str = "float32",
         adapter = (copies(config) + 2) * lora * 4
         optimizer = lora * 4 if config.optimizer.momentum else 0
     activations = max(activations, forward_bytes(shape, eval_rows, config, size, scored_tokens))
-    return Estimate(RUNTIME_BYTES, shape.parameters() * size, adapter, activations, optimizer)
+    return Estimate(RUNTIME_BYTES, shape.weights_bytes(dtype), adapter, activations, optimizer)
 
 
 def fits(shape: Shape, config: TrainConfig, budget_bytes: int, dtype: str = "float32",

@@ -268,3 +268,20 @@ def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
 
 def context_length(model: torch.nn.Module) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
+
+
+def quantize_int8(model: torch.nn.Module) -> int:
+    """Weight-only int8 for every projection of the decoder blocks, in place (torchao); the
+    embeddings and the output head, often tied to them, stay as they are. Returns the count."""
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    head = model.get_output_embeddings()
+    chosen = [0]
+
+    def is_projection(module: torch.nn.Module, name: str) -> bool:
+        pick = isinstance(module, torch.nn.Linear) and module is not head
+        chosen[0] += pick
+        return pick
+
+    quantize_(model, Int8WeightOnlyConfig(), filter_fn=is_projection)
+    return chosen[0]

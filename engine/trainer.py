@@ -122,6 +122,8 @@ class Trainer:
         self.bus.emit("status", state="loading", message=f"loading model {cfg.model}")
         loaded = models.load(cfg.model, self.device, self.dtype, cfg.trust_remote_code)
         self.model, self.tokenizer, self.model_folder = loaded.model, loaded.tokenizer, loaded.folder
+        if cfg.dtype == "int8":
+            self.bus.log(f"int8 base: {models.quantize_int8(self.model)} projections quantised")
         self.train_data = self.train_data.render(self.tokenizer)
         self.eval_data = self.eval_data.render(self.tokenizer)
         self._preflight_memory()
@@ -149,7 +151,7 @@ class Trainer:
         """Show the estimate; refuse a run whose estimate exceeds the budget, naming what fits."""
         cfg = dataclasses.replace(self.config, task=self.train_data.task)
         shape = Shape.from_config(self.model.config.to_dict())
-        dtype = str(self.dtype).removeprefix("torch.")
+        dtype = "int8" if cfg.dtype == "int8" else str(self.dtype).removeprefix("torch.")
         scored = None
         if cfg.task == "sft":
             # The widest batch scores the longest completion and its EOS (cut as Objective.encode cuts).

@@ -74,3 +74,34 @@ def test_trainer_estimates_the_task_it_detected_and_the_data_completions(wide_vo
     completions = [e.completion for e in trainer.train_data.examples + trainer.eval_data.examples]
     longest = max(len(trainer.tokenizer.encode(c, add_special_tokens=False)) for c in completions)
     assert made == estimate(shape, sft, scored_tokens=longest + 1).total_bytes  # + EOS
+
+
+def test_int8_base_trains_with_a_float32_adapter_and_a_smaller_estimate(tiny_config):
+    """dtype=int8: the projections hold int8 weights (torchao), the run trains and writes its
+    adapter, θ stays float32, and the estimate counts one byte per projection weight."""
+    import torch
+
+    from engine import estimate as est
+    from engine.events import EventBus
+    from engine.trainer import Trainer
+    from tests.conftest import Recorder
+
+    cfg = tiny_config("dtype=int8", "steps=3", "eval_every=0")
+    recorder = Recorder()
+    trainer = Trainer(cfg, EventBus([recorder]))
+    try:
+        trainer.setup(resume=False)
+        result = trainer.train()
+    finally:
+        trainer.cleanup()
+    q_proj = trainer.model.model.layers[0].self_attn.q_proj.base.weight
+    assert "Int8" in type(q_proj).__name__
+    assert trainer.optimizer.theta.dtype == torch.float32
+    assert result.status == "completed" and (result.adapter_dir / "adapter_model.safetensors").exists()
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in recorder.of("metrics"))
+    assert any("int8 base:" in line["message"] for line in recorder.of("log"))
+    shape = est.Shape.from_config(trainer.model.config.to_dict())
+    int8 = est.estimate(shape, cfg, "int8").weights_bytes
+    fp32 = est.estimate(shape, cfg, "float32").weights_bytes
+    linear = shape.linear_parameters()
+    assert int8 < fp32 and fp32 - int8 >= 3 * linear - 4 * linear // 64
