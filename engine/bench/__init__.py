@@ -111,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="the task's TSV (default: its file in ../shared/data)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME",
                    help=f"runs to make, in order; from: {', '.join(VARIANTS)}")
-    p.add_argument("--minutes", type=float, default=10.0, help="training minutes per run")
+    p.add_argument("--minutes", type=float, default=10.0, help="training minutes per run (0: --steps)")
+    p.add_argument("--steps", type=int, default=100_000, help="steps per run (an upper bound with --minutes)")
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--eval-rows", type=int, default=200)
     p.add_argument("--train-rows", type=int, default=10000)
@@ -156,7 +157,8 @@ def main(argv: list[str]) -> int:
         record = convergence.run(args.model, args.task, args.data, args.variants, args.minutes,
                                  args.eval_every,
                                  args.eval_rows, args.train_rows, args.threads, work, args.seeds,
-                                 args.extra, save=lambda partial: write_json(partial, target))
+                                 args.extra, save=lambda partial: write_json(partial, target),
+                                 steps=args.steps)
     elif args.what == "backend":
         from engine.bench import backend
 

@@ -35,8 +35,7 @@ TASKS = {
 # Shared by every variant: the demo's adapter (LoRA-FA r=8, all seven projections) unless the
 # variant says otherwise.
 COMMON = ["task=classification", "max_seq_len=64", "lora.variant=lora-fa", "lora.rank=8",
-          "lora.alpha=16", "checkpoint_every=0", "eval_rows=0", "device=cpu", "dtype=float32",
-          "steps=100000"]
+          "lora.alpha=16", "checkpoint_every=0", "eval_rows=0", "device=cpu", "dtype=float32"]
 
 TODAY = ["optimizer.name=prge", "optimizer.q=4", "batch_size=4", "optimizer.eps=1e-2",
          "optimizer.lr=1e-2"]
@@ -108,13 +107,16 @@ def write_topic_split(task: Task, tsv: Path, folder: Path, eval_rows: int, train
 
 def run(model: str, task_name: str, data: Path | None, variants: list[str], minutes: float,
         eval_every: int, eval_rows: int, train_rows: int, threads: int, folder: Path,
-        seeds: list[int], extra: list[str], save: Callable[[dict], object]) -> dict:
+        seeds: list[int], extra: list[str], save: Callable[[dict], object],
+        steps: int = 100_000) -> dict:
+    """Each variant for each seed, `minutes` of training each (0: `steps` steps each)."""
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise UserError(f"--variants {unknown}: no such variant; choose from {sorted(VARIANTS)}")
     task = TASKS[task_name]
     tsv = data or task.tsv
     record = {"benchmark": "convergence", "task": task_name, "model": model, "minutes": minutes,
+              "steps": steps,
               "dataset": str(tsv),
               "eval_rows": eval_rows, "train_rows": train_rows, "split_seed": 0, "seeds": seeds,
               "environment": environment(threads), "runs": []}
@@ -125,7 +127,7 @@ def run(model: str, task_name: str, data: Path | None, variants: list[str], minu
     for seed in seeds:
         for name in variants:
             overrides = [*VARIANTS[name], f"time_budget_minutes={minutes}", *extra]
-            result = run_variant(Variant(name, overrides, 1.0), model, train, held_out, 100000,
+            result = run_variant(Variant(name, overrides, 1.0), model, train, held_out, steps,
                                  eval_every, threads, seed, folder, COMMON, task.prompt, task.label_words)
             result["extra"] = extra
             record["runs"].append(result)

@@ -111,8 +111,9 @@ def _pte(record: dict) -> list[str]:
 
 
 def _convergence(record: dict) -> list[str]:
-    lines = [f"{record['task']}, {record['minutes']:g} training minutes per run, "
-             f"{record['eval_rows']} held-out rows",
+    budget = (f"{record['minutes']:g} training minutes per run" if record["minutes"]
+              else f"{record.get('steps')} steps per run")
+    lines = [f"{record['task']}, {budget}, {record['eval_rows']} held-out rows",
              "run | seed | ended by | steps | held-out accuracy at (step, training s) … | adapter step"]
     for run in record["runs"]:
         points = " ".join(f"{p['accuracy']:.3f}@({p['step']},{p['train_seconds']:.0f}s)"
