@@ -23,18 +23,22 @@ FIELDS = (
     "optimizer.directions", "optimizer.normalize", "optimizer.eps", "optimizer.lr",
     "optimizer.schedule", "optimizer.warmup_steps", "optimizer.momentum",
     "lora.variant", "lora.rank", "lora.alpha", "lora.top_layers",
-    "eval_every", "early_stopping_patience", "checkpoint_every", "seed", "threads",
+    "eval_every", "early_stopping_patience", "checkpoint_every", "seed", "threads", "workers",
     "label_words", "prompt_template",
 )
 
 # Preset → field values; the rest of the form keeps what the user set.
 PRESETS = {
-    "Quick demo": {"steps": 50, "batch_size": 4, "max_seq_len": 64, "optimizer.q": 4,
-                   "eval_every": 25, "checkpoint_every": 25},
-    "Balanced": {"steps": 200, "batch_size": 4, "max_seq_len": 128, "optimizer.q": 4,
-                 "eval_every": 50, "checkpoint_every": 50},
-    "Quality": {"steps": 1000, "batch_size": 8, "max_seq_len": 128, "optimizer.q": 8,
-                "eval_every": 100, "checkpoint_every": 100},
+    "Quick demo": {"steps": 50, "time_budget_minutes": 0, "batch_size": 4, "max_seq_len": 64,
+                   "optimizer.q": 4, "eval_every": 25, "checkpoint_every": 25},
+    "Balanced": {"steps": 200, "time_budget_minutes": 0, "batch_size": 4, "max_seq_len": 128,
+                 "optimizer.q": 4, "eval_every": 50, "checkpoint_every": 50},
+    "Quality": {"steps": 1000, "time_budget_minutes": 0, "batch_size": 8, "max_seq_len": 128,
+                "optimizer.q": 8, "eval_every": 100, "checkpoint_every": 100},
+    # Steps become an upper bound; the cosine schedule decays over the ten minutes.
+    "Train for 10 minutes": {"steps": 100000, "time_budget_minutes": 10, "batch_size": 4,
+                             "max_seq_len": 128, "optimizer.q": 4, "eval_every": 50,
+                             "checkpoint_every": 50},
 }
 
 
@@ -94,6 +98,10 @@ class SettingsForm(QWidget):
         if name == "time_budget_minutes":
             widget.setToolTip("train for this many minutes (0 = until the last step); the run then "
                               "evaluates, checkpoints and writes its adapter as after its last step")
+        if name == "workers":
+            widget.setToolTip("worker processes on this machine, each evaluating its share of the "
+                              "step's directions (P-RGE; each holds its own copy of the model). For "
+                              "several machines: python -m engine launch CONFIG --nodes K --print")
         if name == "backend":
             widget.setToolTip("executorch: every forward pass runs in the ExecuTorch runtime, as on a "
                               "phone (CPU, float32, P-RGE or MeZO; lowering takes minutes once per run)")

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,10 @@ DEMO_DATA = REPO / "resources" / "datasets" / "reviews.jsonl"
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# System tools some tests drive; without them those tests skip (`make test-system` installs them).
+needs_adb = pytest.mark.skipif(shutil.which("adb") is None,
+                               reason="adb is not installed (make test-system installs it)")
 
 
 def write_gguf(path: Path, architecture: str) -> Path:
@@ -51,6 +58,24 @@ class Recorder:
 
     def warnings(self) -> list[str]:
         return [d["message"] for d in self.of("log") if d["level"] == "warning"]
+
+
+@pytest.fixture
+def own_adb_server(monkeypatch) -> dict[str, str]:
+    """The environment of an adb server of this test's own (its own port), killed afterwards.
+
+    adb starts its server on first use; a test without adb on PATH starts none, so there is
+    nothing to kill.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", port)
+    yield dict(os.environ)
+    adb = shutil.which("adb")
+    if adb is not None:
+        subprocess.run([adb, "kill-server"], env=dict(os.environ, ANDROID_ADB_SERVER_PORT=port),
+                       capture_output=True, timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -237,8 +237,11 @@ def test_settings_yaml_and_presets(make_window, tiny_model, classification_data,
     dialog = window.show_yaml()
     assert "steps: 4" in dialog.yaml_text and "- ' terrible'" in dialog.yaml_text
     dialog.close()
+    window.form.apply_preset("Train for 10 minutes")
+    assert window.current_config().time_budget_minutes == 10
     window.form.apply_preset("Quality")
     assert window.current_config().steps == 1000 and window.current_config().optimizer.q == 8
+    assert window.current_config().time_budget_minutes == 0  # a step preset clears the budget
     window.form.widgets["optimizer.lr"].setText("fast")
     window.start()
     assert "optimizer.lr" in window.status_line.text() and window.run.state == "idle"
@@ -387,7 +390,8 @@ def test_startup_benchmark_measures_a_shown_window():
     assert 0 < shown <= plots_ready < 15
 
 
-@pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="Xvfb not installed")
+@pytest.mark.skipif(shutil.which("xvfb-run") is None,
+                    reason="Xvfb is not installed (make test-system installs it)")
 def test_main_states_on_a_real_x_server():
     """The end-to-end test again, on Xvfb through Qt's xcb platform (what a Linux desktop runs)."""
     env = {**os.environ, "QT_QPA_PLATFORM": "xcb", "QT_XCB_GL_INTEGRATION": "none"}

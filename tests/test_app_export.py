@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
+from conftest import needs_adb
 
 pytest.importorskip("pytestqt")
 
@@ -53,22 +53,6 @@ def test_export_of_an_unfinished_run_reports_the_engine_message(panel, qtbot, tm
     assert not panel.busy.isVisible() and panel.buttons["gguf"].isEnabled()
 
 
-@pytest.fixture
-def own_adb_server(monkeypatch):
-    """adb started by the panel talks to a server of this test's own, killed afterwards."""
-    import os
-    import socket
-    import subprocess
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", port)
-    yield
-    subprocess.run(["adb", "kill-server"], env=dict(os.environ, ANDROID_ADB_SERVER_PORT=port),
-                   capture_output=True, timeout=30)
-
-
 def test_executorch_targets_and_push_needs_an_export_and_a_device(panel, tmp_path):
     assert [panel.target.itemData(i) for i in range(panel.target.count())] == ["none", "8da4w"]
     assert not panel.push_button.isEnabled()
@@ -95,7 +79,7 @@ def test_executorch_targets_and_push_needs_an_export_and_a_device(panel, tmp_pat
     assert not panel.push_button.isEnabled()
 
 
-@pytest.mark.skipif(shutil.which("adb") is None, reason="the adb binary is not installed")
+@needs_adb
 def test_refresh_with_no_phone_keeps_push_disabled(panel, qtbot, own_adb_server):
     with qtbot.waitSignal(panel.device_tool.sig_answered, timeout=60_000):
         panel.refresh_button.click()

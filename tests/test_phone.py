@@ -9,37 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, needs_adb
 
 from engine import phone
 from engine.errors import UserError
 
 ADB_DATA = Path(__file__).parent / "data" / "adb"
-needs_adb = pytest.mark.skipif(shutil.which("adb") is None, reason="the adb binary is not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def own_adb_server(monkeypatch):
-    """An adb server of this test's own (its own port), killed afterwards."""
-    port = str(_free_port())
-    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", port)
-    yield dict(os.environ, ANDROID_ADB_SERVER_PORT=port)
-    subprocess.run(["adb", "kill-server"], env=dict(os.environ, ANDROID_ADB_SERVER_PORT=port),
-                   capture_output=True, timeout=30)
-
 
 def _engine(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "engine", "push", *args], cwd=REPO, env=env,
