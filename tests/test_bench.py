@@ -197,3 +197,13 @@ def test_convergence_reads_topic_data_and_names_a_bad_label(tiny_model, tmp_path
     with pytest.raises(UserError, match=r"bad.tsv:\d+: label 'sport'"):
         main(["convergence", *_common(tiny_model, tmp_path), "--task", "agnews", "--data", str(bad),
               "--variants", "prge today", "--minutes", "0.001", "--work", str(tmp_path / "runs2")])
+
+
+def test_step_costs_time_each_variant_interleaved(tiny_model, tmp_path, sst2_like):
+    assert main(["convergence", "--step-costs", *_common(tiny_model, tmp_path), "--data", str(sst2_like),
+                 "--variants", "prge today", "+ one-sided q=7", "--reps", "2", "--warmup", "1",
+                 "--work", str(tmp_path / "runs")]) == 0
+    record = json.loads((tmp_path / "results" / "step-costs-sst2.json").read_text())
+    assert [v["name"] for v in record["variants"]] == ["prge today", "+ one-sided q=7"]
+    for variant in record["variants"]:
+        _finite_positive(variant["timing"])

@@ -113,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"runs to make, in order; from: {', '.join(VARIANTS)}")
     p.add_argument("--minutes", type=float, default=10.0, help="training minutes per run (0: --steps)")
     p.add_argument("--steps", type=int, default=100_000, help="steps per run (an upper bound with --minutes)")
+    p.add_argument("--step-costs", action="store_true",
+                   help="instead of training runs: seconds per step of each variant, interleaved")
+    p.add_argument("--reps", type=int, default=5, help="timed steps per variant (--step-costs)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant (--step-costs)")
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--eval-rows", type=int, default=200)
     p.add_argument("--train-rows", type=int, default=10000)
@@ -154,6 +158,16 @@ def main(argv: list[str]) -> int:
 
         work = args.work or Path("runs") / f"bench-convergence-{time.strftime('%Y%m%d-%H%M%S')}"
         target = args.results / f"convergence-{args.task}{suffix}.json"
+        if args.step_costs:
+            from engine.bench.common import finish
+            from engine.bench.report import summary
+
+            record = convergence.step_costs(args.model, args.task, args.data, args.variants, args.reps,
+                                            args.warmup, args.threads, work)
+            path = write_json(finish(record), args.results / f"step-costs-{args.task}{suffix}.json")
+            print(summary(record))
+            print(f"results: {path}")
+            return 0
         record = convergence.run(args.model, args.task, args.data, args.variants, args.minutes,
                                  args.eval_every,
                                  args.eval_rows, args.train_rows, args.threads, work, args.seeds,

@@ -133,3 +133,49 @@ def run(model: str, task_name: str, data: Path | None, variants: list[str], minu
             record["runs"].append(result)
             save(finish(record))
     return finish(record)
+
+
+def step_costs(model: str, task_name: str, data: Path | None, variants: list[str], reps: int,
+               warmup: int, threads: int, folder: Path) -> dict:
+    """Seconds per optimiser step of each variant, interleaved in one process over the same
+    training batches (what the accuracy runs' seconds cannot give on a shared machine: their
+    steps ran at different times, under different loads)."""
+    import torch
+
+    from engine import config as config_io
+    from engine.bench.common import interleaved
+    from engine.events import EventBus
+    from engine.trainer import Trainer
+
+    task = TASKS[task_name]
+    tsv = data or task.tsv
+    split = write_split if task_name == "sst2" else lambda *a, **k: write_topic_split(task, *a, **k)
+    train, held_out = split(tsv, folder / "data", 16, 512, seed=0)
+    steppers, trainers = {}, []
+    for name in variants:
+        values = config_io.apply_overrides(
+            {"prompt_template": task.prompt, "label_words": task.label_words},
+            [*COMMON, *VARIANTS[name], f"model={model}", f"dataset={train}",
+             f"eval_dataset={held_out}", f"threads={threads}",
+             f"output_dir={folder / name.replace(' ', '_')}"])
+        trainer = Trainer(config_io.validate(config_io.from_dict(values)), EventBus([]))
+        trainer.setup(resume=False)
+        trainers.append(trainer)
+        counter = [0]
+
+        def one_step(trainer=trainer, counter=counter) -> None:
+            step = counter[0]
+            batch = trainer.objective.encode(
+                [trainer.train_data.examples[i] for i in trainer.batch_indices(step)])
+            losses = lambda n, batch=batch, trainer=trainer: trainer.batch_losses(batch, n)
+            with torch.inference_mode():
+                trainer.optimizer.step(losses, step)
+            counter[0] += 1
+
+        steppers[name] = one_step
+    timings = interleaved(steppers, reps, warmup)
+    for trainer in trainers:
+        trainer.cleanup()
+    return {"benchmark": "step-costs", "task": task_name, "model": model, "reps": reps,
+            "environment": environment(threads),
+            "variants": [{"name": name, "timing": timings[name].as_dict()} for name in variants]}

@@ -12,7 +12,7 @@ def summary(record: dict) -> str:
             f"{_load(env['load_average_at_start'])} → {_load(env.get('load_average_at_end'))}")
     body = {"throughput": _throughput, "step": _step, "accuracy": _accuracy,
             "memory": _memory, "backend": _backend, "pte": _pte,
-            "convergence": _convergence}[record["benchmark"]]
+            "convergence": _convergence, "step-costs": _step_costs}[record["benchmark"]]
     return head + "\n" + "\n".join(body(record))
 
 
@@ -121,4 +121,14 @@ def _convergence(record: dict) -> list[str]:
         extra = f" [{' '.join(run['extra'])}]" if run.get("extra") else ""
         lines.append(f"  {run['name']}{extra} | {run['seed']} | {run['reason']} | {run['steps_run']} | "
                      f"{points} | {run['adapter_step']}")
+    return lines
+
+
+def _step_costs(record: dict) -> list[str]:
+    base = record["variants"][0]["timing"]["median_s"]
+    lines = [f"{record['task']}: seconds per step, interleaved, {record['reps']} timed steps each",
+             f"variant | step ms median (min–max) | vs {record['variants'][0]['name']}"]
+    for variant in record["variants"]:
+        timing = variant["timing"]
+        lines.append(f"  {variant['name']} | {_ms(timing)} | {base / timing['median_s']:.2f}x")
     return lines
