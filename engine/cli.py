@@ -38,6 +38,7 @@ TOOLS = {
     "bench": ("engine.bench", "benchmarks: throughput, step time, memory, accuracy"),
     "push": ("engine.phone", "push an exported folder to a connected Android phone"),
     "make-tiny-model": ("engine.tiny_model", "write a tiny random-init model (tests, smoke checks)"),
+    "launch": ("engine.launch", "print the torchrun command and a SkyPilot task for a multi-machine run"),
 }
 
 
@@ -121,8 +122,13 @@ def _watch_stdin(stop: threading.Event) -> None:
 
 
 def train_command(args: argparse.Namespace, protocol: bool, argv: list[str]) -> int:
+    from engine import distributed
     from engine.events import EventBus, ProtocolSink, TerminalSink
 
+    # workers > 1: this process only launches them (torch.distributed.run) and waits.
+    launched = distributed.enter(args, lambda: _load_config(args))
+    if launched is not None:
+        return launched
     run_id = uuid.uuid4().hex[:12]
     stop = threading.Event()
     bus = EventBus()
@@ -157,7 +163,7 @@ def train_command(args: argparse.Namespace, protocol: bool, argv: list[str]) -> 
         status, code = result.status, EXIT_OK
         if result.status == "completed" and not protocol:
             _print_summary(result, output_dir, time.time() - started)
-        if result.status == "completed":
+        if result.status == "completed" and distributed.rank() == 0:
             _plot(bus, output_dir)
     except UserError as exc:
         log.error("user error", exc_info=True)
@@ -192,10 +198,13 @@ def _load_config(args: argparse.Namespace):
 
 
 def _open_log(output_dir: Path) -> Path | None:
-    """Full details (tracebacks included) go to OUTPUT_DIR/engine.log."""
+    """Full details (tracebacks included) go to OUTPUT_DIR/engine.log (worker-N.log for the
+    other workers of a distributed run)."""
+    from engine.distributed import log_name
+
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        path = output_dir / "engine.log"
+        path = output_dir / log_name()
         handler = logging.FileHandler(path, encoding="utf-8")
     except OSError:
         return None

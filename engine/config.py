@@ -142,8 +142,21 @@ class TrainConfig:
     # int8 (weight-only int8 projections via torchao, computing in float32: about a quarter of
     # the projections' memory, slightly perturbed logits).
     dtype: str = "auto"
-    # CPU threads for torch (0 = torch's default). Pin it to compare timings.
+    # CPU threads for torch (0 = torch's default). Pin it to compare timings. Per worker when
+    # workers > 1 (torch's launcher then defaults each worker to 1 thread).
     threads: int = 0
+    # Worker processes for one run (torch.distributed: gloo on CPU, nccl on CUDA; docs/
+    # distributed.md). Each worker evaluates its share of the step's q directions and they
+    # exchange only the losses (16 bytes per direction), so a forward-bound step gets shorter;
+    # but each worker holds its own copy of the model (memory × workers on one machine) and
+    # redraws all q directions for the update. At most optimizer.q; prge with backend pytorch
+    # only. 1 = one process. Under an external torchrun, the launcher's worker count wins.
+    workers: int = 1
+    # Seconds a worker waits for the others (at start and at every exchange) before it ends the
+    # run with an error. A killed worker is noticed at once whatever this is; the timeout catches
+    # hung workers and lost machines, so it must exceed the longest gap between two exchanges
+    # (an evaluation batch, or a checkpoint or adapter write by worker 0).
+    worker_timeout_seconds: float = 300.0
     # Stop with a checkpoint when the process RSS crosses this many GiB (0 = no limit).
     memory_budget_gb: float = 0.0
     # Allow model code from the hub (runs arbitrary Python from the model repository).
@@ -184,6 +197,8 @@ _RANGES = [
     ("checkpoint_every", 0, 10_000_000, False),
     ("keep_checkpoints", 1, 1000, False),
     ("threads", 0, 1024, False),
+    ("workers", 1, 1024, False),
+    ("worker_timeout_seconds", 0.0, 1e6, True),
     ("memory_budget_gb", 0.0, 1e6, False),
     ("eval_fraction", 0.0, 0.9, True),
     ("optimizer.q", 1, 1024, False),
@@ -239,6 +254,20 @@ def validate(config: TrainConfig) -> TrainConfig:
                 f'config field "backend" is executorch but device is {config.device!r} and dtype '
                 f"{config.dtype!r}: the ExecuTorch training program runs in float32 on the CPU "
                 "(XNNPACK); set device=cpu dtype=float32 (or auto), or backend=pytorch"
+            )
+    if config.workers > 1:
+        if config.optimizer.name != "prge" or config.backend != "pytorch":
+            raise UserError(
+                f'config field "workers" is {config.workers} but optimizer.name is '
+                f"{config.optimizer.name!r} and backend {config.backend!r}: several workers split "
+                "P-RGE's directions, so they need optimizer.name=prge and backend=pytorch; or set "
+                "workers=1"
+            )
+        if config.workers > config.optimizer.q:
+            raise UserError(
+                f'config field "workers" is {config.workers} but optimizer.q is '
+                f"{config.optimizer.q}: each worker evaluates at least one direction; raise "
+                f"optimizer.q to {config.workers} or lower workers"
             )
     if config.optimizer.name != "prge" and (config.optimizer.estimator != "two-sided"
                                             or config.optimizer.normalize != "none"):

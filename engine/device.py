@@ -65,3 +65,29 @@ def synchronize(device: torch.device) -> None:
 def generator(device: torch.device, seed: int) -> torch.Generator:
     """A private RNG on the device (the global RNG is never reseeded)."""
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def collective_backend(device: torch.device) -> str:
+    """The torch.distributed backend for workers on `device`: nccl between CUDA GPUs, gloo
+    otherwise (CPU; MPS workers exchange their few scalars through the CPU)."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def collective_device(device: torch.device) -> torch.device:
+    """Where a worker's exchanged tensors live: nccl moves CUDA tensors, gloo CPU ones."""
+    return device if collective_backend(device) == "nccl" else torch.device("cpu")
+
+
+def for_worker(device: torch.device, local_rank: int) -> torch.device:
+    """A worker's own device: CUDA worker k of a machine takes GPU k (nccl refuses two workers
+    on one GPU); CPU and MPS workers share the machine's device."""
+    if device.type != "cuda":
+        return device
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise UserError(
+            f"worker {local_rank} on this machine has no GPU of its own ({count} found): start "
+            f"at most {count} workers per machine, or use device=cpu"
+        )
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from engine import checkpoint, lora, memory
+from engine import checkpoint, distributed, lora, memory
 from engine import config as config_io
 from engine import device as devices
 from engine import model as models
@@ -73,7 +73,7 @@ def config_fingerprint(config: TrainConfig) -> str:
     values = config_io.to_dict(config)
     for free in ("steps", "eval_every", "checkpoint_every", "keep_checkpoints", "output_dir",
                  "memory_budget_gb", "threads", "eval_rows", "time_budget_minutes",
-                 "early_stopping_patience"):
+                 "early_stopping_patience", "workers", "worker_timeout_seconds"):
         values.pop(free)
     # A run that diverged resumes from its last good checkpoint with a lower lr or eps.
     for free in ("lr", "eps"):
@@ -111,9 +111,16 @@ class Trainer:
     # ---- setup -------------------------------------------------------------------------
     def setup(self, resume: bool) -> None:
         cfg = self.config
-        self._prepare_output_dir(resume)
         # The ExecuTorch program is lowered from a CPU float32 model, whatever the machine has.
         self.device = devices.resolve("cpu" if cfg.backend == "executorch" else cfg.device)
+        self.world = distributed.join(self.device, cfg.worker_timeout_seconds)
+        self.device = self.world.device
+        if self.world.size > 1:
+            # Under an external torchrun its worker count replaces the config's.
+            config_io.validate(dataclasses.replace(cfg, workers=self.world.size))
+            self.bus.log(f"worker {self.world.rank} of {self.world.size} on {self.device}")
+        if self.world.primary:
+            self._prepare_output_dir(resume)
         self.dtype = devices.resolve_dtype(cfg.dtype, self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -137,14 +144,16 @@ class Trainer:
                                    self.train_data.label_words)
         if self.train_data.task == "classification":
             self.objective.check_label_words(self.train_data.label_words)
-        self.adapter = lora.inject(self.model, cfg.lora, copies_needed(cfg.optimizer), cfg.seed)
-        self.optimizer = build_optimizer(cfg.optimizer, self.adapter.store, cfg.seed)
+        directions = len(self.world.share(cfg.optimizer.q))
+        self.adapter = lora.inject(self.model, cfg.lora, copies_needed(cfg.optimizer, directions), cfg.seed)
+        self.optimizer = build_optimizer(cfg.optimizer, self.adapter.store, cfg.seed, self.world)
         self.batch_losses = self._eager_losses if cfg.backend == "pytorch" else self._program_losses()
         self.fingerprint = config_fingerprint(cfg)
         if resume:
             self._restore()
-        self.metrics_sink = MetricsFileSink(self.output_dir / "metrics.jsonl")
-        self.bus.add(self.metrics_sink)
+        if self.world.primary:
+            self.metrics_sink = MetricsFileSink(self.output_dir / "metrics.jsonl")
+            self.bus.add(self.metrics_sink)
         self.budget_bytes = int(cfg.memory_budget_gb * 2**30) or None
 
     def _preflight_memory(self) -> None:
@@ -234,7 +243,9 @@ class Trainer:
                             "without --resume in a new output_dir")
         if found.config_fingerprint != self.fingerprint:
             raise UserError(f"--resume: checkpoint {found.path} belongs to a different config")
+        self.world.same_everywhere(found.step, "the checkpoint step to resume from")
         self.optimizer.load_state_dict(found.state)
+        self.world.checksum(self.optimizer.state_dict(), found.step)
         self.start_step = found.step
         state = found.state
         self.train_seconds = float(state.get("trainer/train_seconds", torch.zeros(())).item())
@@ -245,7 +256,8 @@ class Trainer:
                          "loss": float(state["trainer/best_loss"].item())}
             self.evals_since_best = int(state["trainer/evals_since_best"].item())
         history = self.output_dir / "metrics.jsonl"
-        truncate_history(history, found.step)
+        if self.world.primary:
+            truncate_history(history, found.step)
         if found.step >= self.config.steps and history.exists():
             # Killed after the final checkpoint: its evaluation is in the history already, and
             # running it again would record it twice.
@@ -302,7 +314,8 @@ class Trainer:
             grad_norm = math.sqrt(sum(g * g for g in grads)) if grads else None
             self.bus.emit("metrics", step=step, loss=result.loss, step_seconds=step_seconds,
                           tokens_per_second=batch.tokens / step_seconds, lr=lr,
-                          projected_grad_norm=grad_norm)
+                          projected_grad_norm=grad_norm, workers=self.world.size,
+                          exchanged_bytes=self.world.take_exchanged_bytes())
             elapsed = time.perf_counter() - started
             done_here = step - self.start_step
             eta = elapsed / done_here * (cfg.steps - step)
@@ -311,8 +324,16 @@ class Trainer:
                           / max(self.train_seconds, 1e-9))
             self.bus.emit("progress", step=step, total_steps=cfg.steps, elapsed_seconds=elapsed,
                           eta_seconds=eta)
-            self._check_memory(step)
-            if budget_seconds and self.train_seconds >= budget_seconds and step < cfg.steps:
+            rss = memory.rss_bytes()
+            # What ends the loop is decided by all workers together, or one would wait forever
+            # in an exchange the others never enter (the identity for one worker). Its bytes
+            # count in the next step's exchanged_bytes.
+            stop_requested, out_of_time, out_of_memory = self.world.agree(
+                self.stop.is_set(),
+                bool(budget_seconds and self.train_seconds >= budget_seconds and step < cfg.steps),
+                bool(self.budget_bytes and rss > self.budget_bytes))
+            self._check_memory(step, rss, out_of_memory)
+            if out_of_time:
                 reason = "time budget"
                 self.bus.log(f"time budget of {cfg.time_budget_minutes:g} min reached at step {step}")
                 break
@@ -324,7 +345,7 @@ class Trainer:
                     self.bus.log(f"early stopping at step {step}: {self.evals_since_best} evaluations "
                                  f"without a better held-out score than step {self.best['step']}")
                     break
-            if self.stop.is_set():
+            if stop_requested:
                 self.save_checkpoint(step)
                 adapter_dir, adapter_step = self.save_adapter(step)
                 return RunResult("stopped", step, self.eval_before, None, adapter_dir, "stopped",
@@ -364,13 +385,20 @@ class Trainer:
     def evaluate(self, step: int) -> dict:
         self.bus.emit("status", state="evaluating", message=f"evaluating at step {step}")
         examples = self.eval_data.examples
-        total_loss, correct = 0.0, 0
+        starts = range(0, len(examples), EVAL_BATCH_ROWS)
+        # Each worker scores its block of the batches; the sums then run in batch order, as on
+        # one worker, over the gathered (exact float64) per-batch numbers.
+        mine = self.world.share(len(starts))
+        scored = torch.zeros(2, len(mine), dtype=torch.float64)
         with torch.inference_mode(), lora.active_copies(self.adapter, 1):
-            for start in range(0, len(examples), EVAL_BATCH_ROWS):
-                batch = self.objective.encode(examples[start:start + EVAL_BATCH_ROWS]).to(self.device)
-                loss, hits = self.objective.score(self.model, batch)
-                total_loss += loss
-                correct += hits
+            for k, b in enumerate(mine):
+                batch = self.objective.encode(examples[starts[b]:starts[b] + EVAL_BATCH_ROWS]).to(self.device)
+                scored[0, k], scored[1, k] = self.objective.score(self.model, batch)
+        losses, hits = self.world.gather(scored, len(starts)).tolist()
+        total_loss, correct = 0.0, 0
+        for loss, hit in zip(losses, hits, strict=True):
+            total_loss += loss
+            correct += int(hit)
         result = {
             "step": step,
             "loss": total_loss / len(examples),
@@ -386,12 +414,12 @@ class Trainer:
             self.evals_since_best += 1
         return result
 
-    def _check_memory(self, step: int) -> None:
-        rss, peak = memory.rss_bytes(), memory.peak_rss_bytes()
-        self.bus.emit("memory", step=step, rss_bytes=rss, peak_rss_bytes=peak,
+    def _check_memory(self, step: int, rss: int, over_budget: bool) -> None:
+        """Report this worker's memory; `over_budget` (agreed by all workers) ends the run."""
+        self.bus.emit("memory", step=step, rss_bytes=rss, peak_rss_bytes=memory.peak_rss_bytes(),
                       device_allocated_bytes=devices.allocated_bytes(self.device),
                       budget_bytes=self.budget_bytes)
-        if self.budget_bytes and rss > self.budget_bytes:
+        if over_budget:
             self.save_checkpoint(step)
             raise MemoryBudgetExceeded(
                 f"memory use ({rss / 2**30:.2f} GiB) crossed memory_budget_gb "
@@ -401,8 +429,13 @@ class Trainer:
             )
 
     # ---- outputs -----------------------------------------------------------------------
-    def save_checkpoint(self, step: int) -> Path:
+    def save_checkpoint(self, step: int) -> Path | None:
+        """Worker 0 writes it (None elsewhere), once every worker's θ is shown to be the same."""
         self.bus.emit("status", state="checkpointing", message=f"writing checkpoint at step {step}")
+        theta_checksum = self.world.checksum(self.optimizer.state_dict(), step)
+        if not self.world.primary:
+            self.bus.log(f"checkpoint at step {step}: θ checksum {theta_checksum} (worker 0 writes it)")
+            return None
         state = dict(self.optimizer.state_dict())
         state.update({f"frozen/{key}": a for key, a in self.adapter.frozen().items()})
         state["trainer/train_seconds"] = torch.tensor(self.train_seconds, dtype=torch.float64)
@@ -418,7 +451,8 @@ class Trainer:
             })
         path = checkpoint.save(self.output_dir / "checkpoints", step, state, self.fingerprint,
                                self.config.keep_checkpoints)
-        self.bus.emit("checkpoint", step=step, path=str(path))
+        self.bus.emit("checkpoint", step=step, path=str(path), theta_checksum=theta_checksum,
+                      workers=self.world.size)
         return path
 
     def save_adapter(self, step: int) -> tuple[Path, int]:
@@ -430,6 +464,8 @@ class Trainer:
         if self.best is not None and (self.best["step"] > 0 or evaluated_since_start):
             theta, adapter_step = self.best_theta, self.best["step"]
         directory = self.output_dir / "adapter"
+        if not self.world.primary:
+            return directory, adapter_step
         lora.save_peft_adapter(directory, self.adapter, theta, self.config.lora,
                                str(models.resolve_reference(self.config.model)))
         if adapter_step != step:
@@ -445,6 +481,9 @@ class Trainer:
         if sink is not None:
             self.bus.sinks.remove(sink)
             sink.close()
+        world = getattr(self, "world", None)
+        if world is not None:
+            world.close()
 
 
 def _optional(value: torch.Tensor) -> float | None:

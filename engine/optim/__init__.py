@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from engine.config import OptimizerConfig
+from engine.distributed import World
 from engine.lora import LoRAStore
 from engine.optim.base import LossFn, StepResult, TrainedOptimizer
 from engine.optim.fo import FirstOrder
@@ -14,15 +15,21 @@ from engine.optim.prge import PRGE
 __all__ = ["LossFn", "StepResult", "TrainedOptimizer", "build", "copies_needed"]
 
 
-def copies_needed(config: OptimizerConfig) -> int:
-    """Copies of each LoRA tensor the optimiser evaluates in one pass."""
+def copies_needed(config: OptimizerConfig, directions: int | None = None) -> int:
+    """Copies of each LoRA tensor the optimiser evaluates in one pass, for `directions` of the
+    step's q (this worker's share; all q when None)."""
     if config.name == "prge":
+        n = config.q if directions is None else directions
         if config.estimator == "one-sided":
-            return config.q + 1  # copy 0 is θ itself
-        return 2 * config.q if config.mode == "dual" else config.q
+            return n + 1  # copy 0 is θ itself
+        return 2 * n if config.mode == "dual" else n
     return 1
 
 
-def build(config: OptimizerConfig, store: LoRAStore, seed: int) -> TrainedOptimizer:
-    makers: dict[str, Callable[..., TrainedOptimizer]] = {"prge": PRGE, "mezo": MeZO, "fo": FirstOrder}
+def build(config: OptimizerConfig, store: LoRAStore, seed: int,
+          world: World | None = None) -> TrainedOptimizer:
+    """The optimiser `config` names; `world` (prge only) splits the directions over workers."""
+    if config.name == "prge":
+        return PRGE(config, store, seed, world)
+    makers: dict[str, Callable[..., TrainedOptimizer]] = {"mezo": MeZO, "fo": FirstOrder}
     return makers[config.name](config, store, seed)

@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.config import OptimizerConfig
+from engine.distributed import World
 from engine.lora import LoRAStore
 
 # losses(copies) → one mean loss per copy of the tiled batch, shape (copies,).
 LossFn = Callable[[int], torch.Tensor]
+# measured(z, out): out ← the direction z as a finite difference measured it (see PRGE).
+MeasureFn = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 @dataclass
@@ -35,10 +38,13 @@ class TrainedOptimizer:
     step costs a few whole-buffer operations per direction however many layers are adapted.
     """
 
-    def __init__(self, config: OptimizerConfig, store: LoRAStore, seed: int):
+    def __init__(self, config: OptimizerConfig, store: LoRAStore, seed: int, world: World | None = None):
         self.config = config
         self.store = store
         self.seed = seed
+        self.world = world or World()
+        # The directions this worker evaluates: all of them when it works alone.
+        self.share = self.world.share(config.q)
         self.theta = store.copies[0].detach().clone()
         self._z = torch.empty_like(self.theta)
         self._generator = torch.Generator(device=self.theta.device)
@@ -74,6 +80,31 @@ class TrainedOptimizer:
             self.velocity.mul_(beta).addmv_(directions.T, c, alpha=(1 - beta) * scale)
             self.theta.add_(self.velocity, alpha=-lr)
         self.broadcast()
+
+    def update_from_seeds(self, step: int, coefficients: list[float], unit: float, lr: float,
+                          measured: MeasureFn) -> None:
+        """The update of a worker that evaluated only its share of the directions: every z is
+        drawn again from its seed and turned into the difference the step measured
+        (`measured`, the same arithmetic as reading it back from the copies of one worker),
+        chunk by chunk in the copies buffer, which the broadcast ending the step rewrites
+        anyway. When one chunk holds all q (two workers, dual mode) this is the very GEMV of a
+        single worker's update."""
+        rows, q = self.store.copies.data, len(coefficients)
+        chunk = rows.shape[0]
+        if chunk >= q:
+            for i in range(q):
+                measured(self.direction(step, i), rows[i])
+            self.update(rows[:q], coefficients, unit, lr)
+            return
+        weighted_sum = torch.zeros_like(self.theta)
+        for start in range(0, q, chunk):
+            part = range(start, min(start + chunk, q))
+            for row, i in enumerate(part):
+                measured(self.direction(step, i), rows[row])
+            c = torch.tensor(coefficients[part.start:part.stop], dtype=self.theta.dtype,
+                             device=self.theta.device)
+            weighted_sum.addmv_(rows[:len(part)].T, c, alpha=unit)
+        self.apply_sum(weighted_sum, q, lr)
 
     def apply_sum(self, weighted_sum: torch.Tensor, n: int, lr: float) -> None:
         """θ ← θ − lr · weighted_sum / n for an estimate already summed over n directions."""

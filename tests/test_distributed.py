@@ -1,0 +1,179 @@
+"""One run over several workers (torch.distributed, gloo over loopback) on the tiny model: real
+processes started by torch's own launcher, compared with the one-process run of the same config."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_trainer import _train
+
+from engine import checkpoint, distributed
+from engine import config as config_io
+from engine.events import read_history
+from engine.launch import main as launch_main
+from engine.protocol import decode
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _engine(args: list[str], worker_env: dict | None = None) -> subprocess.Popen:
+    """`python -m engine ARGS`; `worker_env` makes it one worker of a torch.distributed run."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", **(worker_env or {}))
+    return subprocess.Popen([sys.executable, "-m", "engine", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True, env=env,
+                            cwd=REPO)
+
+
+def _config_file(cfg, path: Path) -> Path:
+    config_io.save(cfg, path)
+    return path
+
+
+def _history(output_dir: Path, kind: str) -> list[dict]:
+    return [r for r in read_history(output_dir / "metrics.jsonl") if r["type"] == kind]
+
+
+@pytest.mark.parametrize("options", [
+    ("workers=2",),
+    ("workers=3", "optimizer.q=3", "optimizer.estimator=one-sided", "optimizer.directions=rademacher",
+     "optimizer.normalize=loss-std", "optimizer.momentum=0.9", "optimizer.schedule=cosine",
+     "optimizer.warmup_steps=2"),
+], ids=["dual", "one-sided-everything"])
+def test_workers_give_the_one_worker_losses_and_the_same_theta(tiny_config, tmp_path, options):
+    alone = tiny_config(*options, "workers=1", f"output_dir={tmp_path / 'alone'}")
+    _, expected, _ = _train(alone)
+    cfg = tiny_config(*options, f"output_dir={tmp_path / 'spread'}")
+    proc = _engine(["train", str(_config_file(cfg, tmp_path / "spread.yaml"))])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    spread = tmp_path / "spread"
+    metrics = _history(spread, "metrics")
+    torch.testing.assert_close(torch.tensor([m["loss"] for m in metrics]),
+                               torch.tensor([m["loss"] for m in expected.of("metrics")]),
+                               atol=1e-5, rtol=0)
+    evals = _history(spread, "eval")
+    torch.testing.assert_close(torch.tensor([e["loss"] for e in evals]),
+                               torch.tensor([e["loss"] for e in expected.of("eval")]), atol=1e-5, rtol=0)
+    assert [e["accuracy"] for e in evals] == [e["accuracy"] for e in expected.of("eval")]
+    # Every worker's θ checksum at every checkpoint equals worker 0's (the engine compares them
+    # and would have stopped; the others' logs show it).
+    written = [c["theta_checksum"] for c in _history(spread, "checkpoint")]
+    assert len(written) == 2
+    workers = cfg.workers
+    for rank in range(1, workers):
+        log = (spread / f"worker-{rank}.log").read_text()
+        assert re.findall(r"θ checksum ([0-9a-f]{64})", log) == written
+    logs = sorted(p.name for p in spread.glob("worker-*.log"))
+    assert logs == [f"worker-{r}.log" for r in range(1, workers)]
+    # Payload per step: 16 bytes per direction gathered plus the stop flags, within 64·q.
+    q = cfg.optimizer.q
+    for m in metrics:
+        assert m["workers"] == workers
+        assert 0 < m["exchanged_bytes"] <= 64 * q + 64
+
+
+def test_a_killed_worker_ends_the_job_and_one_worker_resumes_it(tiny_config, tmp_path):
+    overrides = ("steps=10", "checkpoint_every=4", "eval_every=4")
+    _, expected, _ = _train(tiny_config(*overrides, f"output_dir={tmp_path / 'straight'}"))
+    out = tmp_path / "killed"
+    cfg = tiny_config(*overrides, "workers=2", f"output_dir={out}")
+    proc = _engine(["run", str(_config_file(cfg, tmp_path / "killed.yaml"))])
+    events = []
+    for line in proc.stdout:
+        events.append(decode(line))
+        if events[-1].type == "metrics" and events[-1].data["step"] == 6:
+            pid = int(re.search(r"pid (\d+)", (out / "worker-1.log").read_text()).group(1))
+            os.kill(pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            break
+    rest, err = proc.communicate(timeout=60)
+    ended_after = time.monotonic() - killed_at
+    assert ended_after < 20, ended_after
+    assert proc.returncode != 0
+    assert "worker 1 failed (signal 9)" in err
+    events += [decode(line) for line in rest.splitlines()]
+    assert events[-1].type == "done" and events[-1].data["status"] == "failed"
+    error = next(e for e in events if e.type == "error")
+    assert "lost contact with the other workers" in error.data["message"]
+    assert checkpoint.verify(out / "checkpoints" / "step-00000004") is None
+
+    _train(tiny_config(*overrides, "workers=1", f"output_dir={out}"), resume=True)
+    metrics = _history(out, "metrics")
+    assert [m["step"] for m in metrics] == list(range(1, 11))
+    torch.testing.assert_close(torch.tensor([m["loss"] for m in metrics]),
+                               torch.tensor([m["loss"] for m in expected.of("metrics")]), atol=1e-5, rtol=0)
+
+
+def test_a_worker_that_cannot_connect_is_named(tiny_config, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    cfg = tiny_config("workers=2", "worker_timeout_seconds=2", f"output_dir={tmp_path / 'run'}")
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    lonely = _engine(["train", str(_config_file(cfg, tmp_path / "run.yaml"))], worker_env=env)
+    lonely.communicate(timeout=120)
+    assert lonely.returncode == 2
+    log = (tmp_path / "run" / "worker-1.log").read_text()
+    assert f"worker 1 of 2 (on {socket.gethostname()}) could not connect" in log
+    assert f"127.0.0.1:{port}" in log
+
+
+def test_diverged_theta_stops_every_worker_with_a_clear_error(monkeypatch):
+    world = distributed.World(rank=0, size=2)
+    monkeypatch.setattr(world, "_all_gather", lambda t, what: torch.stack([t, t + 1]))
+    with pytest.raises(distributed.WorkersDiverged,
+                       match=r"θ differs between workers at step 7: worker\(s\) 1"):
+        world.checksum({"theta": torch.ones(3)}, 7)
+
+
+def test_one_worker_makes_no_exchange():
+    world = distributed.World()
+    local = torch.tensor([[1.0, 2.0]])
+    assert world.gather(local, 2) is local and world.agree(True, False) == (True, False)
+    assert world.take_exchanged_bytes() == 0
+    assert [list(distributed.block(10, r, 3)) for r in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+
+
+def test_launch_prints_the_multi_machine_torchrun_command_and_a_skypilot_task(tiny_config, tmp_path,
+                                                                              capsys):
+    path = _config_file(tiny_config("optimizer.q=8"), tmp_path / "big.yaml")
+    assert launch_main([str(path), "--nodes", "4", "--workers-per-node", "2", "--print"]) == 0
+    text = capsys.readouterr().out
+    command = next(line for line in text.splitlines() if line.startswith("torchrun "))
+    assert command.split()[1:7] == ["--nnodes=4", "--nproc-per-node=2", "--rdzv-backend=c10d",
+                                    "--rdzv-endpoint=$MASTER_ADDR:29500",
+                                    command.split()[5], "--max-restarts=0"]
+    assert command.endswith(f"-m engine train {path}")
+    task = yaml.safe_load(text[text.index("# SkyPilot"):])
+    assert task["num_nodes"] == 4 and task["workdir"] == "."
+    assert "--node-rank=$SKYPILOT_NODE_RANK" in task["run"] and f"train {path}" in task["run"]
+    from engine.errors import UserError
+
+    with pytest.raises(UserError, match="workers.*optimizer.q is 8"):
+        launch_main([str(path), "--nodes", "5", "--workers-per-node", "2", "--print"])
+
+
+def test_workers_field_is_validated_and_free_on_resume(tiny_config):
+    from engine.errors import UserError
+    from engine.trainer import config_fingerprint
+
+    with pytest.raises(UserError, match='"workers" is 3 but optimizer.q is 2'):
+        tiny_config("workers=3")
+    with pytest.raises(UserError, match='"workers" is 2 but optimizer.name is .mezo'):
+        tiny_config("workers=2", "optimizer.name=mezo")
+    assert config_fingerprint(tiny_config("workers=2")) == config_fingerprint(tiny_config())
+    assert json.dumps(config_io.to_dict(tiny_config()))  # the new fields serialise
