@@ -30,15 +30,19 @@ FIELDS = (
 # Preset → field values; the rest of the form keeps what the user set.
 PRESETS = {
     "Quick demo": {"steps": 50, "time_budget_minutes": 0, "batch_size": 4, "max_seq_len": 64,
-                   "optimizer.q": 4, "eval_every": 25, "checkpoint_every": 25},
+                   "optimizer.q": 4, "optimizer.schedule": "constant", "eval_every": 25,
+                   "checkpoint_every": 25},
     "Balanced": {"steps": 200, "time_budget_minutes": 0, "batch_size": 4, "max_seq_len": 128,
-                 "optimizer.q": 4, "eval_every": 50, "checkpoint_every": 50},
+                 "optimizer.q": 4, "optimizer.schedule": "constant", "eval_every": 50,
+                 "checkpoint_every": 50},
     "Quality": {"steps": 1000, "time_budget_minutes": 0, "batch_size": 8, "max_seq_len": 128,
-                "optimizer.q": 8, "eval_every": 100, "checkpoint_every": 100},
-    # Steps become an upper bound; the cosine schedule decays over the ten minutes.
+                "optimizer.q": 8, "optimizer.schedule": "cosine", "eval_every": 100,
+                "checkpoint_every": 100},
+    # Steps become an upper bound; the cosine schedule decays over the ten minutes, so the run
+    # ends annealed instead of drifting (docs/convergence.md).
     "Train for 10 minutes": {"steps": 100000, "time_budget_minutes": 10, "batch_size": 4,
-                             "max_seq_len": 128, "optimizer.q": 4, "eval_every": 50,
-                             "checkpoint_every": 50},
+                             "max_seq_len": 128, "optimizer.q": 4, "optimizer.schedule": "cosine",
+                             "eval_every": 50, "checkpoint_every": 50},
 }
 
 

@@ -239,6 +239,7 @@ def test_settings_yaml_and_presets(make_window, tiny_model, classification_data,
     dialog.close()
     window.form.apply_preset("Train for 10 minutes")
     assert window.current_config().time_budget_minutes == 10
+    assert window.current_config().optimizer.schedule == "cosine"
     window.form.apply_preset("Quality")
     assert window.current_config().steps == 1000 and window.current_config().optimizer.q == 8
     assert window.current_config().time_budget_minutes == 0  # a step preset clears the budget
