@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from engine.data import render_prompt
 from engine.errors import UserError
 
 
@@ -320,7 +321,7 @@ def _read_prompts() -> Iterator[str]:
 
 def _json_stream(args: argparse.Namespace, settings: Settings, argv: list[str]) -> int:
     from engine import __version__
-    from engine.cli import _reserve_stdout, _watch_stdin
+    from engine.cli import EXIT_INTERNAL, _reserve_stdout, _watch_stdin, failed
     from engine.protocol import PROTOCOL_VERSION, EventWriter
 
     writer = EventWriter(_reserve_stdout(), uuid.uuid4().hex[:12])
@@ -328,13 +329,19 @@ def _json_stream(args: argparse.Namespace, settings: Settings, argv: list[str]) 
     writer.emit("hello", protocol=PROTOCOL_VERSION, engine_version=__version__, pid=os.getpid(),
                 argv=argv)
     started = time.perf_counter()
-    tokens, status, code = 0, "failed", 1
+    tokens, status, code = 0, "failed", EXIT_INTERNAL
+
+    def report(kind: str, message: str) -> None:
+        if kind == "internal":
+            traceback.print_exc(file=sys.stderr)
+        writer.emit("error", kind=kind, message=message, log_path=None)
+
     try:
         writer.emit("status", state="loading", message="loading the model")
         target = resolve(args.model, args.adapter, args.pte)
         backend = load_backend(target, args.adapter_scale, args.seed, args.pte)
         if target.label_words:
-            prompt = target.prompt_template.replace("{text}", args.prompt)
+            prompt = render_prompt(target.prompt_template, args.prompt)
             writer.emit("label_probs", words=target.label_words,
                         probabilities=backend.label_probs(prompt, target.label_words))
         writer.emit("status", state="generating", message="generating")
@@ -342,13 +349,8 @@ def _json_stream(args: argparse.Namespace, settings: Settings, argv: list[str]) 
             tokens += 1
             writer.emit("token", text=piece)
         status, code = ("stopped" if settings.stop.is_set() else "completed"), 0
-    except UserError as exc:
-        writer.emit("error", kind="user", message=str(exc), log_path=None)
-        code = 2
-    except Exception as exc:
-        traceback.print_exc(file=sys.stderr)
-        writer.emit("error", kind="internal", message=f"internal error: {type(exc).__name__}: {exc}",
-                    log_path=None)
+    except (Exception, KeyboardInterrupt) as exc:
+        code = failed(exc, report)
     finally:
         writer.emit("done", status=status, exit_code=code, tokens=tokens,
                     seconds=time.perf_counter() - started, output_dir=None)

@@ -16,13 +16,14 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from engine import __version__
 from engine.errors import UserError
 from engine.protocol import PROTOCOL_VERSION, STOP_COMMAND, EventWriter
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_STOPPED = 0, 1, 2, 130
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "resources" / "configs" / "demo.yaml"
 
 log = logging.getLogger("engine")
@@ -85,22 +86,47 @@ def _quiet_libraries() -> None:
 
 
 def run_tool(name: str, argv: list[str]) -> int:
-    """Run a tool subcommand; a UserError becomes one paragraph on stderr and exit code 2."""
+    """Run a tool subcommand (its module's `main`) inside the error boundary."""
     import importlib
 
+    return guarded(lambda: importlib.import_module(TOOLS[name][0]).main(argv))
+
+
+def print_error(kind: str, message: str) -> None:
+    """How a terminal command says what ended it: one paragraph on stderr (and, for a bug, the
+    traceback above it: there is no log file to keep it in)."""
+    if kind == "internal":
+        traceback.print_exc(file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr)
+
+
+def guarded(body: Callable[[], int | None],
+            report: Callable[[str, str], None] = print_error) -> int:
+    """`body()`'s exit code, or the error boundary's (`failed`) for what escaped it."""
     try:
-        module = importlib.import_module(TOOLS[name][0])
-        return int(module.main(argv) or 0)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        return int(body() or 0)
+    except (Exception, KeyboardInterrupt) as exc:
+        return failed(exc, report)
+
+
+def failed(exc: BaseException, report: Callable[[str, str], None]) -> int:
+    """The error boundary of every subcommand: the exit code for an exception that ended it, and
+    its one message through `report(kind, message)`. Call it from the `except` clause.
+
+    UserError (bad input, with what to do): kind "user", exit 2. Ctrl+C or SIGTERM (a command
+    that stops on it raises KeyboardInterrupt): exit 130, nothing to report. Anything else is a
+    bug: kind "internal", exit 1. The traceback goes to the log (the run's engine.log where one
+    is open), never into the message.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_STOPPED
+    if isinstance(exc, UserError):
+        log.error("user error", exc_info=exc)
+        report("user", str(exc))
         return EXIT_USER
-    except ModuleNotFoundError as exc:
-        if exc.name == TOOLS[name][0]:
-            print(f"error: `{name}` is not available in this version of EdgeTune", file=sys.stderr)
-            return EXIT_USER
-        raise
-    except KeyboardInterrupt:
-        return 130
+    log.error("internal error", exc_info=exc)
+    report("internal", f"internal error ({type(exc).__name__}: {exc})")
+    return EXIT_INTERNAL
 
 
 def _reserve_stdout():
@@ -148,6 +174,16 @@ def train_command(args: argparse.Namespace, protocol: bool, argv: list[str]) -> 
     log_path: Path | None = None
     status, code = "failed", EXIT_INTERNAL
     started = time.time()
+
+    def report(kind: str, message: str) -> None:
+        where = f"; details in {log_path}" if kind == "internal" and log_path else ""
+        bus.emit("error", kind=kind, message=message + where,
+                 log_path=str(log_path) if log_path else None)
+        if kind == "internal" and log_path is None:
+            traceback.print_exc(file=sys.stderr)
+        if not protocol or (kind == "internal" and log_path is None):
+            print(f"\nerror: {message}{where}", file=sys.stderr)
+
     try:
         config = _load_config(args)
         output_dir = Path(config.output_dir)
@@ -165,21 +201,8 @@ def train_command(args: argparse.Namespace, protocol: bool, argv: list[str]) -> 
             _print_summary(result, output_dir, time.time() - started)
         if result.status == "completed" and distributed.rank() == 0:
             _plot(bus, output_dir)
-    except UserError as exc:
-        log.error("user error", exc_info=True)
-        bus.emit("error", kind="user", message=str(exc), log_path=str(log_path) if log_path else None)
-        code = EXIT_USER
-        if not protocol:
-            print(f"\nerror: {exc}", file=sys.stderr)
-    except Exception as exc:
-        log.error("internal error", exc_info=True)
-        where = f"; details in {log_path}" if log_path else ""
-        bus.emit("error", kind="internal",
-                 message=f"internal error: {type(exc).__name__}: {exc}{where}",
-                 log_path=str(log_path) if log_path else None)
-        if not protocol or log_path is None:
-            traceback.print_exc(file=sys.stderr) if log_path is None else None
-            print(f"\nerror: internal error ({type(exc).__name__}: {exc}){where}", file=sys.stderr)
+    except (Exception, KeyboardInterrupt) as exc:
+        code = failed(exc, report)
     finally:
         bus.emit("done", status=status, exit_code=code,
                  output_dir=str(output_dir) if output_dir else None)

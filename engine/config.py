@@ -278,8 +278,28 @@ def validate(config: TrainConfig) -> TrainConfig:
         )
     if not config.lora.targets:
         raise UserError('config field "lora.targets" is empty; name at least one projection')
-    if "{text}" not in config.prompt_template:
-        raise UserError('config field "prompt_template" must contain "{text}"')
+    # The template is rendered with str.format (engine.data.render_prompt): any field but
+    # {text} would fail only once the first row is rendered, so refuse it here.
+    from string import Formatter
+
+    template = config.prompt_template
+    braces = "write a literal brace as {{ or }}"
+    try:
+        fields = [(name, conversion, spec) for _, name, spec, conversion
+                  in Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise UserError(f'config field "prompt_template" is {template!r}: {exc}; {braces}') from None
+    for name, conversion, spec in fields:
+        if name != "text" or conversion or spec:
+            field_text = "{" + name + (f"!{conversion}" if conversion else "") + \
+                (f":{spec}" if spec else "") + "}"
+            raise UserError(
+                f'config field "prompt_template" is {template!r}: {field_text} is not a field it '
+                f"fills; only {{text}} is (the row's text); {braces}"
+            )
+    if not fields:
+        raise UserError(f'config field "prompt_template" is {template!r}: it must contain {{text}} '
+                        "where the row's text goes")
     if len(set(config.label_words)) != len(config.label_words):
         raise UserError('config field "label_words" has duplicates; each label needs its own word')
     return config

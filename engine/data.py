@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,6 +70,16 @@ class Dataset:
         if self.schema not in CHAT_SCHEMAS:
             return self
         return replace(self, examples=[render_turns(e.turns, tokenizer) for e in self.examples])
+
+
+def render_prompt(template: str, text: str) -> str:
+    """A classification prompt: `template` (config field prompt_template) with the row's text.
+
+    `{text}` is the text, `{{` and `}}` are literal braces; config validation admits no other
+    field. The one renderer wherever a prompt is built: training, evaluation, the held-out
+    prompts an export is verified on, chat's label probabilities.
+    """
+    return template.format(text=text)
 
 
 def render_turns(turns: tuple[tuple[str, str], ...], tokenizer) -> Example:
@@ -333,7 +342,7 @@ def _example(row: dict[str, Any], schema: str, prompt_template: str) -> Example:
         return Example(prompt="", completion=_text_field(row, "text"))
     if schema == "classification":
         key = "text" if "text" in row else "sentence"
-        return Example(prompt=prompt_template.format(text=_text_field(row, key)))
+        return Example(prompt=render_prompt(prompt_template, _text_field(row, key)))
     return Example(prompt="", turns=_turns(row, schema))
 
 
@@ -468,9 +477,4 @@ def split(dataset: Dataset, eval_fraction: float, seed: int) -> tuple[Dataset, D
     if not train:
         raise UserError(f"{dataset.path}: too few rows to hold out {eval_fraction:.0%} for evaluation")
     return dataset.subset(sorted(train)), dataset.subset(sorted(held_out))
-
-
-def label_distribution(dataset: Dataset) -> dict[str, int]:
-    counts = Counter(example.label for example in dataset.examples)
-    return {dataset.label_names[k]: v for k, v in sorted(counts.items())}
 

@@ -62,11 +62,6 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def generator(device: torch.device, seed: int) -> torch.Generator:
-    """A private RNG on the device (the global RNG is never reseeded)."""
-    return torch.Generator(device=device).manual_seed(seed)
-
-
 def collective_backend(device: torch.device) -> str:
     """The torch.distributed backend for workers on `device`: nccl between CUDA GPUs, gloo
     otherwise (CPU; MPS workers exchange their few scalars through the CPU)."""

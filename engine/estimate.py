@@ -138,6 +138,15 @@ def forward_bytes(shape: Shape, rows: int, config: TrainConfig, size: int,
     return rows * length * per_token + 2 * attention + logits
 
 
+def scored_columns(longest_completion_tokens: int | None, max_seq_len: int) -> int | None:
+    """The columns the widest SFT batch scores: the longest completion in tokens and its EOS,
+    cut as Objective.encode cuts; None (every column may be) when the longest is not known.
+    The trainer's pre-flight check and the window's memory bar both size SFT runs with it."""
+    if longest_completion_tokens is None:
+        return None
+    return min(longest_completion_tokens + 1, max_seq_len - 1)
+
+
 def estimate(shape: Shape, config: TrainConfig, dtype: str = "float32",
              scored_tokens: int | None = None, eval_rows: int = 16) -> Estimate:
     """Peak memory of a run. `config.task` must be resolved (auto counts as classification);

@@ -12,6 +12,9 @@ in about a second however large the file is. `--json` prints one object (stable 
 - preview: up to two examples as the model sees them: {prompt, completion, label}
 - token_lengths (with --model): {min, median, p95, max, truncated, max_seq_len} over the sample;
   truncated = sample rows longer than max_seq_len
+- longest_completion_tokens (with --model, SFT): the longest completion in tokens over every row
+  a run would read (the whole file, no separate held-out file); null when not known. The
+  window's memory bar sizes the run with it, as the trainer's pre-flight check does
 - errors: [{"message": …}] problems found (the run would refuse them); empty when all is well
 """
 
@@ -28,6 +31,7 @@ from engine.data import (
     count_rows,
     detect_schema,
     file_format,
+    find_eval_file,
     iter_rows,
     load_dataset,
     task_of,
@@ -48,7 +52,7 @@ def inspect(
     label_words: list[str] | None = None,
     prompt_template: str = "{text} It was",
 ) -> dict[str, Any]:
-    path = Path(path)
+    given = path = Path(path)
     if not path.exists():
         raise UserError(f"dataset {path} not found; check the path")
     path = train_file(path)
@@ -62,7 +66,7 @@ def inspect(
         "path": str(path), "file_format": fmt, "schema": schema, "task": task_of(schema),
         "columns": sorted(next((r for _, r in sample if "__error__" not in r), {})),
         "sample_rows": len(sample), "errors": [], "label_distribution": None, "label_words": [],
-        "preview": [], "token_lengths": None,
+        "preview": [], "token_lengths": None, "longest_completion_tokens": None,
     }
     report.update(_row_count(path, fmt, sample))
     prefix = _prefix_file(path, fmt, sample)
@@ -102,6 +106,9 @@ def inspect(
             "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], "max": ordered[-1],
             "truncated": sum(n > max_seq_len for n in lengths), "max_seq_len": max_seq_len,
         }
+        if data.task == "sft" and prefix is None and find_eval_file(given) is None:
+            completions = tokenizer([e.completion for e in data.examples], add_special_tokens=False)
+            report["longest_completion_tokens"] = max(map(len, completions["input_ids"]))
     return report
 
 
@@ -163,6 +170,9 @@ def _format_text(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    from engine import config as config_io
+    from engine.cli import EXIT_USER
+
     parser = argparse.ArgumentParser(prog="python -m engine inspect-dataset",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("path")
@@ -173,8 +183,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--label-words", help='JSON list, e.g. \'[" terrible", " great"]\'')
     parser.add_argument("--prompt-template", default="{text} It was")
     args = parser.parse_args(argv)
-    label_words = json.loads(args.label_words) if args.label_words else None
     try:
+        label_words = _label_words(args.label_words)
+        # The settings a run would take, checked as a run's config is.
+        config_io.validate(config_io.TrainConfig(
+            model=args.model or "default", dataset=args.path, schema=args.schema,
+            label_words=label_words or [], prompt_template=args.prompt_template,
+            max_seq_len=args.max_seq_len))
         report = inspect(args.path, model=args.model, max_seq_len=args.max_seq_len,
                          schema=args.schema, label_words=label_words,
                          prompt_template=args.prompt_template)
@@ -183,8 +198,20 @@ def main(argv: list[str]) -> int:
             raise
         # The app always gets an object to show, a refusal included.
         print(json.dumps({"path": args.path, "errors": [{"message": str(exc)}]}))
-        return 1
+        return EXIT_USER
     print(json.dumps(report, indent=2) if args.json else _format_text(report))
     sys.stdout.flush()
-    return 1 if report["errors"] else 0
+    return EXIT_USER if report["errors"] else 0
 
+
+def _label_words(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    try:
+        words = json.loads(text)
+    except json.JSONDecodeError:
+        words = None
+    if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
+        raise UserError(f"--label-words {text!r} is not a JSON list of words; give one word per "
+                        """label, in label order, e.g. --label-words '[" terrible", " great"]'""")
+    return words

@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from pickle import UnpicklingError
+from typing import Any
 
 import torch
 from platformdirs import user_cache_dir
@@ -194,6 +195,37 @@ def local_folder(reference: str) -> Path:
     return _hub_snapshot(reference)
 
 
+def read_config(folder: Path) -> dict[str, Any]:
+    """A model folder's config.json; refused, saying why, when it is not JSON or not a
+    decoder-only language model's (an encoder such as BERT, an encoder-decoder such as T5)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config_file = folder / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = (f"line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError)
+                 else "not UTF-8 text")
+        raise UserError(f"model {config_file} is not valid JSON ({where}): cannot load it; "
+                        "restore the file from the model's source") from None
+    if not isinstance(config, dict):
+        raise UserError(f"model {config_file} holds no settings object: cannot load it; restore "
+                        "the file from the model's source")
+    if "AutoModelForCausalLM" in (config.get("auto_map") or {}):
+        return config  # its own code is the model (loaded only with trust_remote_code)
+    architectures = config.get("architectures") or []
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if (config.get("model_type") not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            or (architectures and not causal & set(architectures))):
+        what = ", ".join(architectures) or f"model_type {config.get('model_type')!r}"
+        raise UserError(
+            f"model {folder}: {what} is not a decoder-only language model (config.json), so it "
+            "cannot be fine-tuned to generate text; pick a causal language model folder (Llama, "
+            "SmolLM2, Qwen, Gemma, …) or .gguf file"
+        )
+    return config
+
+
 def _hub_snapshot(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -220,14 +252,7 @@ def load(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = local_folder(reference)
-    config_file = folder / "config.json"
-    try:
-        hf_config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        where = (f"line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError)
-                 else "not UTF-8 text")
-        raise UserError(f"model {config_file} is not valid JSON ({where}): cannot load it; "
-                        "restore the file from the model's source") from None
+    hf_config = read_config(folder)
     if trust_remote_code:
         log.warning("trust_remote_code is on: Python code from %s will run", folder)
     elif "auto_map" in hf_config:

@@ -21,6 +21,7 @@ from typing import Any
 from engine import device, profiles
 from engine import model as models
 from engine.config import TrainConfig
+from engine.errors import UserError
 from engine.estimate import Shape, estimate
 
 
@@ -65,14 +66,20 @@ def _model_config(reference: str) -> tuple[dict[str, Any], str, bool, str]:
             gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
         return models.gguf_config(info), str(path), "tokenizer.chat_template" in info.metadata, stored
     folder = models.local_folder(reference)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config = models.read_config(folder)
     chat = (folder / "chat_template.jinja").exists() or "chat_template" in _read_json(
         folder / "tokenizer_config.json")
     return config, str(folder), chat, str(config.get("dtype") or config.get("torch_dtype") or "unknown")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"model file {path} is not valid JSON; restore it from the model's "
+                        "source") from None
 
 
 def _linear_names(config: dict[str, Any]) -> list[str]:

@@ -309,6 +309,24 @@ def model_config_not_json(ctx):
     return ctx.train(model=folder)
 
 
+def _config_json(ctx: Ctx, change: Callable[[dict], object]) -> Path:
+    """A copy of the good model whose config.json is `change(config)` (a str is written as is)."""
+    folder = _copy_model(ctx, lambda name: True)
+    config = json.loads((folder / "config.json").read_text())
+    changed = change(config)
+    (folder / "config.json").write_text(changed if isinstance(changed, str) else json.dumps(changed))
+    return folder
+
+
+def _encoder(config: dict) -> dict:
+    return {**config, "model_type": "bert", "architectures": ["BertForMaskedLM"]}
+
+
+@case("BertForMaskedLM", "not a decoder-only", "causal language model")
+def model_is_an_encoder(ctx):
+    return ctx.train(model=_config_json(ctx, _encoder))
+
+
 @case("cut.gguf", "truncated or corrupt", "download it again")
 def gguf_truncated(ctx):
     path = write_gguf(ctx.dir / "cut.gguf", "llama")
@@ -426,6 +444,16 @@ def duplicate_label_words(ctx):
 @case('"prompt_template"', "{text}")
 def template_without_text(ctx):
     return ctx.train(prompt_template="'Review: It was'")
+
+
+@case('"prompt_template"', "{label}", "{{")
+def template_with_another_field(ctx):
+    return ctx.train(prompt_template="'{text} {label}'")
+
+
+@case('"prompt_template"', "literal brace")
+def template_with_a_lone_brace(ctx):
+    return ctx.train(prompt_template="'Review: {text'")
 
 
 @case("lora.targets", "foo_proj")
@@ -598,7 +626,8 @@ def test_corpus_is_large_enough():
 
 # A sample of the corpus as real processes: what a user at a terminal or the app would see.
 SUBPROCESS_SAMPLE = ["one_bad_jsonl_line", "gguf_of_an_unsupported_architecture", "q_zero",
-                     "max_seq_len_beyond_the_context", "resume_a_checkpoint_from_a_newer_version"]
+                     "max_seq_len_beyond_the_context", "resume_a_checkpoint_from_a_newer_version",
+                     "template_with_another_field", "model_is_an_encoder"]
 
 
 def test_a_sample_as_real_processes_shows_no_traceback(ctx, tmp_path):
@@ -626,6 +655,69 @@ def test_a_sample_as_real_processes_shows_no_traceback(ctx, tmp_path):
             _check_message(events[-2].data["message"], bad.expect)
         else:
             _check_message(err, bad.expect)
+
+
+# Every subcommand ends through the one error boundary (engine.cli.failed): real processes,
+# each with one bad input. (id, argv, fragments the message must hold.)
+TOOL_CASES: list[tuple[str, Callable[[Ctx], list[str]], tuple[str, ...]]] = [
+    ("inspect_label_words_not_json",
+     lambda ctx: ["inspect-dataset", str(ctx.data), "--label-words", "nope"],
+     ("--label-words 'nope'", "not a JSON list", "e.g.")),
+    ("inspect_template_with_another_field",
+     lambda ctx: ["inspect-dataset", str(ctx.data), "--prompt-template", "{text} {label}"],
+     ('"prompt_template"', "{label}", "{{")),
+    ("probe_config_not_json",
+     lambda ctx: ["probe", str(_config_json(ctx, lambda _: "{ this is not json"))],
+     ("config.json", "not valid JSON", "restore")),
+    ("probe_an_encoder", lambda ctx: ["probe", str(_config_json(ctx, _encoder))],
+     ("BertForMaskedLM", "not a decoder-only", "causal language model")),
+    ("train_template_with_another_field",
+     lambda ctx: ctx.train(prompt_template="'{text} {label}'"), ('"prompt_template"', "{label}")),
+    ("export_a_folder_that_is_no_run",
+     lambda ctx: ["export", str(ctx.dir / "nowhere"), "--format", "gguf"],
+     ("nowhere", "no such run folder", "output_dir")),
+    ("push_a_folder_that_is_no_export", lambda ctx: ["push", str(ctx.dir)],
+     ("not an export folder", "--format executorch")),
+    ("chat_a_missing_model", lambda ctx: ["chat", str(ctx.dir / "absent.gguf"), "--prompt", "hi"],
+     ("absent.gguf", "not found")),
+    ("chat_json_stream_a_missing_model",
+     lambda ctx: ["chat", str(ctx.dir / "absent.gguf"), "--prompt", "hi", "--json-stream"],
+     ("absent.gguf", "not found")),
+    ("bench_an_encoder",
+     lambda ctx: ["bench", "step", "--model", str(_config_json(ctx, _encoder)), "--qs", "1",
+                  "--reps", "1", "--warmup", "0", "--results", str(ctx.dir / "results"),
+                  "--plots", str(ctx.dir / "plots")],
+     ("BertForMaskedLM", "not a decoder-only")),
+]
+
+
+def test_every_subcommand_ends_bad_input_with_a_message_and_exit_2(ctx, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    runs = []
+    for name, build, expect in TOOL_CASES:
+        sub = Ctx(tmp_path / name, ctx.model, ctx.data)
+        sub.dir.mkdir()
+        argv = build(sub)
+        proc = subprocess.Popen([sys.executable, "-m", "engine", *argv], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        runs.append((name, argv, expect, proc))
+    failures = []
+    for name, argv, expect, proc in runs:
+        out, err = proc.communicate(timeout=240)
+        message = err
+        if "--json-stream" in argv:  # the app's stream: the message is the error event's
+            events = [decode(line) for line in out.splitlines() if line.strip()]
+            assert [e.type for e in events][-2:] == ["error", "done"], (name, out)
+            assert events[-2].data["kind"] == "user" and events[-1].data["exit_code"] == 2
+            message = events[-2].data["message"]
+        try:
+            assert proc.returncode == EXIT_USER, f"exit code {proc.returncode}"
+            assert "internal error" not in (out + err).lower()
+            _check_message(message, expect)
+            assert "Traceback" not in out + err
+        except AssertionError as exc:
+            failures.append(f"{name} ({' '.join(argv)}): {exc}\n{err[-1500:]}")
+    assert not failures, "\n\n".join(failures)
 
 
 def test_an_event_from_a_newer_protocol_is_refused_with_a_clear_message():

@@ -12,6 +12,7 @@ from lora_runs import make_random_adapter, make_run
 
 from engine.chat import LlamaCppBackend, Settings, TransformersBackend, resolve
 from engine.cli import run_tool
+from engine.data import load_dataset
 from engine.export import gguf as gguf_export
 from engine.protocol import decode
 
@@ -83,6 +84,24 @@ def test_backends_agree_on_label_probabilities(runs):
         pieces.append(piece)
         stopped.stop.set()
     assert 1 <= len(pieces) <= 3
+
+
+def test_label_probabilities_score_the_prompt_training_scores(runs, tiny_model, tmp_path):
+    """One renderer: `{{x}}` is the literal `{x}` in chat's label prompt, as in training."""
+    template = "{{x}} {text} It was"
+    run = make_run(tmp_path / "braces", tiny_model, runs[1] / "adapter", label_words=LABELS,
+                   prompt_template=template)
+    events, proc = _chat("--adapter", str(run), "--prompt", "The food was", "--max-tokens", "1",
+                         "--temperature", "0", "--json-stream")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    chat = next(e for e in events if e.type == "label_probs").data["probabilities"]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "The food was", "label": 1}\n')
+    trained = load_dataset(rows, prompt_template=template, label_words=LABELS).examples[0].prompt
+    assert trained == "{x} The food was It was"
+    backend = TransformersBackend(tiny_model, run / "adapter", 1.0)
+    assert chat == pytest.approx(backend.label_probs(trained, LABELS), abs=1e-6)
+    assert chat != pytest.approx(backend.label_probs("{{x}} The food was It was", LABELS), abs=1e-6)
 
 
 def test_folder_run_streams_in_the_terminal(runs):

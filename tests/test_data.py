@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.data import find_eval_file, load_dataset, split
+from engine.data import find_eval_file, load_dataset, render_prompt, split
 from engine.errors import UserError
 from engine.inspect import inspect
 
@@ -93,6 +93,13 @@ def test_classification_label_words_inferred_or_required(tmp_path):
     with pytest.raises(UserError, match=r"row 2, field \"label\" is '7'"):
         load_dataset(write(tmp_path / "out.jsonl", [{"text": "x", "label": 0}, {"text": "y", "label": 7}]),
                      label_words=[" bad", " good"])
+
+
+def test_braces_in_a_template_are_literal(tmp_path):
+    data = load_dataset(write(tmp_path / "b.jsonl", ROWS["classification"]),
+                        prompt_template="{{x}} {text} It was")
+    text = ROWS["classification"][0]["text"]
+    assert data.examples[0].prompt == f"{{x}} {text} It was" == render_prompt("{{x}} {text} It was", text)
 
 
 def test_folder_with_train_and_valid(tmp_path):
@@ -209,5 +216,5 @@ def test_inspect_cli_json_and_refusals(tmp_path):
     bad.write_text('{"chosen": "a", "rejected": "b"}\n')
     out = subprocess.run([sys.executable, "-m", "engine", "inspect-dataset", str(bad), "--json"],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert out.returncode == 1 and "not supported" in json.loads(out.stdout)["errors"][0]["message"]
+    assert out.returncode == 2 and "not supported" in json.loads(out.stdout)["errors"][0]["message"]
     assert "Traceback" not in out.stderr

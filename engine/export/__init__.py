@@ -65,13 +65,7 @@ def _parser(fmt: str | None) -> argparse.ArgumentParser:
 
 
 def _format_module(fmt: str):
-    module_name = FORMATS[fmt][0]
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            raise UserError(f"--format {fmt} is not available in this version of EdgeTune") from None
-        raise
+    return importlib.import_module(FORMATS[fmt][0])
 
 
 def main(argv: list[str]) -> int:
