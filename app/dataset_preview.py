@@ -159,9 +159,6 @@ class DatasetPreview(QWidget):
     def kill(self) -> None:
         self.inspection.kill()
 
-    def is_inspecting(self) -> bool:
-        return self.inspection.is_running()
-
     def _inspected(self, result: dict) -> None:
         path = self._path
         errors = result.get("errors") or []

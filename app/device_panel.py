@@ -1,12 +1,17 @@
 """The Device group: this machine, a device profile, the memory budget, and the estimated peak.
 
 The estimate is engine.estimate's arithmetic (torch-free) over the model's config.json, so the
-bar follows every settings change at once; it is the same function the engine's pre-flight
-check uses, so a run the bar shows as fitting is not refused by the engine for memory.
+bar follows every settings change at once. It is the engine's pre-flight check's own
+computation with the same inputs: the task the data resolves `auto` to and, for SFT, the
+longest completion in tokens (engine.estimate.scored_columns), both from the dataset's
+inspection. What is not known yet is sized for the worst it can be (a dataset not inspected yet
+as SFT, completions as long as max_seq_len), so a run the bar shows as fitting is never refused
+by the engine for memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -21,7 +26,7 @@ from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QP
 
 from engine import profiles
 from engine.config import TrainConfig
-from engine.estimate import Shape, estimate, suggest
+from engine.estimate import Shape, estimate, scored_columns, suggest
 
 GIB = 2**30
 BAR_STEPS = 1000  # the bar's resolution: 0.1 % of the budget
@@ -88,6 +93,8 @@ class DevicePanel(QWidget):
         self.hardware = detect_hardware()
         self.profiles = profiles.load_all()
         self.shape: Shape | None = None
+        # The dataset's inspection (None: no dataset; without "task": not inspected yet).
+        self.inspection: dict[str, Any] | None = None
         self.blocking_reason = ""
         self.estimate_bytes: int | None = None
 
@@ -159,6 +166,20 @@ class DevicePanel(QWidget):
         except (KeyError, TypeError, ZeroDivisionError):
             self.shape = None  # not a decoder config we can size; the engine still checks
 
+    def set_inspection(self, inspection: dict[str, Any] | None) -> None:
+        """The dataset's inspect-dataset answer; {} while it is inspected, None for no dataset."""
+        self.inspection = inspection
+
+    def sized(self, config: TrainConfig) -> tuple[TrainConfig, int | None]:
+        """`config` as the engine's pre-flight check sizes it: the task the data resolves `auto`
+        to, and the columns an SFT batch scores (None: every column, for completions not known:
+        not inspected yet, or in a separate held-out file)."""
+        inspection = self.inspection or {}
+        if config.task == "auto" and self.inspection is not None:
+            config = dataclasses.replace(config, task=inspection.get("task") or "sft")
+        longest = None if config.eval_dataset else inspection.get("longest_completion_tokens")
+        return config, scored_columns(longest, config.max_seq_len) if config.task == "sft" else None
+
     def apply(self, config: TrainConfig) -> None:
         """Put the profile's device and dtype and the budget into `config`."""
         profile = self.profile
@@ -178,7 +199,8 @@ class DevicePanel(QWidget):
             self._set_reason("")
             return
         dtype = resolved_dtype(profile)
-        total = estimate(self.shape, config, dtype).total_bytes
+        config, scored = self.sized(config)
+        total = estimate(self.shape, config, dtype, scored).total_bytes
         self.estimate_bytes = total
         self.bar.setValue(min(BAR_STEPS, round(BAR_STEPS * total / budget_bytes)))
         self.bar.setFormat(f"{total / GIB:.2f} GiB of {self.budget.value():.2f} GiB budget")
@@ -187,7 +209,7 @@ class DevicePanel(QWidget):
         if fits:
             self._set_reason("")
             return
-        options = suggest(self.shape, config, budget_bytes, dtype)
+        options = suggest(self.shape, config, budget_bytes, dtype, scored)
         hint = (f"settings that fit: {', '.join(options)}" if options else
                 "no smaller q, batch or sequence length fits: pick a smaller model or raise the budget")
         self._set_reason(f"Needs about {total / GIB:.2f} GiB, over the {self.budget.value():.2f} GiB "

@@ -100,11 +100,11 @@ class EngineClient(QObject):
         QTimer.singleShot(TERMINATE_AFTER_MS, lambda: self._escalate(process, kill=False))
 
     def kill(self) -> None:
-        """End the process now (window closing); waits so no child outlives the window."""
+        """End the process now (window closing, a hung engine). SIGKILL needs no wait: Qt reaps
+        the process from the event loop, or when the QProcess is destroyed."""
         process = self._process
         if process is not None and process.state() != QProcess.ProcessState.NotRunning:
             process.kill()
-            process.waitForFinished(3000)
 
     def _escalate(self, process: QProcess, kill: bool) -> None:
         if process is not self._process or process.state() == QProcess.ProcessState.NotRunning:

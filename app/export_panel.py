@@ -1,21 +1,19 @@
 """The Export tab: the run's PEFT adapter folder, and one button per format the engine exports.
 
 The buttons come from engine.export.FORMATS (a torch-free table), so a format the engine gains
-shows up here without an app change; a format whose module is not installed yet is shown
-disabled. Each export runs `python -m engine export RUN --format F` in its own process; its
-stderr lines are the progress, its last stdout line the exported path. Stop sends SIGTERM,
-on which the engine removes the file it was writing.
+shows up here without an app change. Each export runs `python -m engine export RUN --format F`
+in its own process; its stderr lines are the progress, its last stdout line the exported path.
+Stop sends SIGTERM, on which the engine removes the file it was writing.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QProcess, Qt, Signal
+from PySide6.QtCore import QProcess, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -40,11 +38,7 @@ EXECUTORCH_TARGETS = [
 _STAGE = re.compile(r"^executorch: stage (\d+)/(\d+) (\w+)(?:: (.*)| done in ([\d.]+) s)$")
 
 STOPPED_EXIT_CODE = 130  # the engine's exit code after SIGTERM or Ctrl+C
-
-
-def format_available(fmt: str) -> bool:
-    """Whether the engine has the module that writes `fmt` (some formats land later)."""
-    return importlib.util.find_spec(FORMATS[fmt][0]) is not None
+KILL_AFTER_MS = 3000  # after SIGTERM: time to remove the file being written
 
 
 class ExportPanel(QWidget):
@@ -69,9 +63,7 @@ class ExportPanel(QWidget):
         row = QHBoxLayout()
         for fmt, (_module, _function, help_text) in FORMATS.items():
             button = QPushButton(f"Export {fmt}")
-            available = format_available(fmt)
-            button.setEnabled(available)
-            button.setToolTip(help_text if available else f"{help_text} (not available in this engine yet)")
+            button.setToolTip(help_text)
             button.clicked.connect(lambda _=False, f=fmt: self.export(f))
             row.addWidget(button)
             self.buttons[fmt] = button
@@ -153,6 +145,7 @@ class ExportPanel(QWidget):
         process.readyReadStandardOutput.connect(lambda: self._read(process, stdout=True))
         process.readyReadStandardError.connect(lambda: self._read(process, stdout=False))
         process.finished.connect(lambda code, _status: self._finished(process, code, finished))
+        process.errorOccurred.connect(lambda error: self._failed_to_start(process, error, finished))
         self._process = process
         self._stdout = self._stderr = b""
         self.output.appendPlainText(f"$ python -m engine {' '.join(args)}")
@@ -195,6 +188,19 @@ class ExportPanel(QWidget):
         self._process = None
         self._enable_buttons()
         finished(code, path)
+
+    def _failed_to_start(self, process: QProcess, error: QProcess.ProcessError,
+                         finished: Callable[[int, str], None]) -> None:
+        # No `finished` follows a process that never started: end the work here.
+        if process is not self._process or error != QProcess.ProcessError.FailedToStart:
+            return
+        self.output.appendPlainText(f"the engine could not be started ({process.program()}: "
+                                    f"{process.errorString()})")
+        self.busy.hide()
+        self._process = None
+        process.deleteLater()
+        self._enable_buttons()
+        finished(-1, "")
 
     def _export_finished(self, fmt: str, code: int, path: str) -> None:
         if path:
@@ -273,8 +279,8 @@ class ExportPanel(QWidget):
 
     def _enable_buttons(self) -> None:
         running = self.is_running()
-        for name, button in self.buttons.items():
-            button.setEnabled(format_available(name) and not running)
+        for button in self.buttons.values():
+            button.setEnabled(not running)
         self.stop_button.setEnabled(running)
         self._update_push()
 
@@ -284,10 +290,10 @@ class ExportPanel(QWidget):
             self._process.terminate()
 
     def kill(self) -> None:
-        """End the work now (window closing): a stop first, so no partial file stays."""
+        """End the work (window closing): a stop first, so no partial file stays, then a kill
+        if the engine has not ended after KILL_AFTER_MS."""
         self.device_tool.kill()
         if self.is_running():
             self._process.terminate()
-            if not self._process.waitForFinished(3000):
-                self._process.kill()
-                self._process.waitForFinished(3000)
+            # Bound to the process: the timer goes with it, and a kill after its end is a no-op.
+            QTimer.singleShot(KILL_AFTER_MS, self._process, self._process.kill)

@@ -32,6 +32,7 @@ class JsonTool(QObject):
         self._output = b""
         process.readyReadStandardOutput.connect(lambda: self._collect(process))
         process.finished.connect(lambda code, _status: self._finished(process, code))
+        process.errorOccurred.connect(lambda error: self._failed_to_start(process, error))
         self._process = process
         program, *arguments = engine_command(self.tool, *args, "--json")
         process.start(program, arguments)
@@ -39,14 +40,21 @@ class JsonTool(QObject):
     def is_running(self) -> bool:
         return self._process is not None and self._process.state() != QProcess.ProcessState.NotRunning
 
-    def wait(self, milliseconds: int) -> None:
-        if self._process is not None:
-            self._process.waitForFinished(milliseconds)
-
     def kill(self) -> None:
-        if self.is_running():
-            self._process.kill()
-            self._process.waitForFinished(3000)
+        """Drop the request in flight; its process is killed and its answer never shown."""
+        process, self._process = self._process, None
+        if process is not None and process.state() != QProcess.ProcessState.NotRunning:
+            process.finished.connect(process.deleteLater)
+            process.kill()
+
+    def _failed_to_start(self, process: QProcess, error: QProcess.ProcessError) -> None:
+        # No `finished` follows a process that never started: answer here, once.
+        if process is self._process and error == QProcess.ProcessError.FailedToStart:
+            self._process = None
+            process.deleteLater()
+            self.sig_answered.emit({"errors": [{"message": f"the engine could not be started "
+                                                           f"({process.program()}: "
+                                                           f"{process.errorString()})"}]})
 
     def _collect(self, process: QProcess) -> None:
         if process is self._process:

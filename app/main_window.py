@@ -8,7 +8,6 @@ and survives whatever the engine does.
 from __future__ import annotations
 
 import html
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -48,11 +47,10 @@ from app.export_panel import ExportPanel
 from app.json_tool import JsonTool
 from app.runs import list_runs, series_of
 from app.settings_form import SettingsForm
+from app.widgets.playground import PlaygroundWidget
 from engine import config as config_io
 from engine.errors import UserError
 
-# The Playground tab comes from its own module when that module is present.
-PLAYGROUND_AVAILABLE = importlib.util.find_spec("app.widgets.playground") is not None
 SETTINGS_SCHEMA = 1
 RECENT_MODELS = 8
 # The platform's place for user data (~/.local/share/edgetune/runs on Linux), the same in a
@@ -131,19 +129,14 @@ class MainWindow(QMainWindow):
         QVBoxLayout(self.curves_tab).setContentsMargins(0, 0, 0, 0)
         self.log = QPlainTextEdit(readOnly=True)
         self.log.setMaximumBlockCount(5000)
-        self.playground = None
-        if PLAYGROUND_AVAILABLE:
-            from app.widgets.playground import PlaygroundWidget
-
-            self.playground = PlaygroundWidget()
+        self.playground = PlaygroundWidget()
         self.tabs = QTabWidget()
         self.tabs.addTab(self.curves_tab, "Curves")
         self.tabs.addTab(self._build_runs_tab(), "Runs")
         self.tabs.addTab(self.log, "Log")
         self.export_panel = ExportPanel()
         self.tabs.addTab(self.export_panel, "Export")
-        if self.playground is not None:
-            self.tabs.addTab(self.playground, "Playground")
+        self.tabs.addTab(self.playground, "Playground")
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self._build_left_panel())
@@ -194,6 +187,8 @@ class MainWindow(QMainWindow):
         self.drop_zone = DropZone("Drop a dataset here (.jsonl .json .csv .tsv .parquet .txt)")
         self.drop_zone.sig_path_dropped.connect(self.set_dataset)
         self.preview = DatasetPreview()
+        self.preview.sig_inspected.connect(self._dataset_inspected)
+        self.preview.schema.currentTextChanged.connect(lambda _: self._dataset_inspected({}))
         self.form = SettingsForm()
         self.device = DevicePanel(self.settings)
         self.form.sig_settings_changed.connect(self.refresh_estimate)
@@ -209,8 +204,6 @@ class MainWindow(QMainWindow):
             row.addWidget(edit, 1)
             row.addWidget(button)
             grid.addLayout(row)
-            if edit is self.model_edit:
-                grid.addWidget(self.model_summary)
             if edit is self.model_edit:
                 row.addWidget(self.recent_button)
                 grid.addWidget(self.model_summary)
@@ -342,7 +335,13 @@ class MainWindow(QMainWindow):
 
     def set_dataset(self, path: str) -> None:
         self.dataset_edit.setText(path)
+        self._dataset_inspected({})
         self.preview.show_file(Path(path), self._inspect_options())
+
+    def _dataset_inspected(self, result: dict) -> None:
+        """The dataset's inspection ({} while it runs) sizes the memory bar as the engine will."""
+        self.device.set_inspection(result)
+        self.refresh_estimate()
 
     def _inspect_options(self) -> list[str]:
         """inspect-dataset flags that make its example and token counts match this run."""
@@ -411,6 +410,9 @@ class MainWindow(QMainWindow):
                 self.load_config(path)
             except UserError as exc:
                 self.warn("Config not loaded", str(exc))
+            except OSError as exc:
+                self.warn("Config not loaded", f"config file {path} cannot be read "
+                          f"({exc.strerror or exc}); give a YAML file")
 
     def _save_config_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save config", "", "YAML (*.yaml)")
@@ -419,6 +421,9 @@ class MainWindow(QMainWindow):
                 config_io.save(self.current_config(), path)
             except UserError as exc:
                 self.warn("Config not saved", str(exc))
+            except OSError as exc:
+                self.warn("Config not saved", f"cannot write {path}: {exc.strerror or exc}; free "
+                          "disk space or pick a writable folder")
 
     def warn(self, title: str, text: str) -> QMessageBox:
         """A warning dialog that leaves the event loop running (a live run keeps drawing)."""
@@ -464,9 +469,15 @@ class MainWindow(QMainWindow):
             suffix += 1
             output_dir = self.runs_root / f"{name}-{suffix}"
         config.output_dir = str(output_dir)
-        self.runs_root.mkdir(parents=True, exist_ok=True)
         config_path = self.runs_root / f"{output_dir.name}.yaml"
-        config_io.save(config, config_path)
+        try:
+            self.runs_root.mkdir(parents=True, exist_ok=True)
+            config_io.save(config, config_path)
+        except OSError as exc:
+            self._show_error(f"cannot write the run's config {config_path}: "
+                             f"{exc.strerror or exc}; free disk space or make {self.runs_root} "
+                             "writable (nothing was started)")
+            return
         self._remember_model(config.model)
         self.settings.setValue("last_dataset", config.dataset)
         self._launch(config_path, output_dir, resume=False, total=config.steps)
@@ -592,8 +603,7 @@ class MainWindow(QMainWindow):
             self.status_line.setText(text)
         if status == "completed" and self.run.output_dir is not None:
             self.export_panel.set_run(self.run.output_dir)
-            if self.playground is not None:
-                self.playground.set_run(self.run.output_dir)
+            self.playground.set_run(self.run.output_dir)
         self.curves.redraw()
         self.run.set("idle")
         self.refresh_runs()
@@ -617,8 +627,7 @@ class MainWindow(QMainWindow):
         folders = [Path(item.data(Qt.ItemDataRole.UserRole)) for item in items]
         self.curves.show_runs([series_of(folder) for folder in folders])
         self.export_panel.set_run(folders[0])
-        if self.playground is not None:
-            self.playground.set_run(folders[0])
+        self.playground.set_run(folders[0])
         self.tabs.setCurrentWidget(self.curves_tab)
 
     # ---- settings ---------------------------------------------------------------------
@@ -646,14 +655,19 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:
         self.shutdown()
+        if self.export_panel.is_running():
+            # The export got SIGTERM and removes its partial file; the window closes once it
+            # has ended (the panel kills it if it takes too long). Nothing blocks meanwhile.
+            event.ignore()
+            QTimer.singleShot(100, self.close)
+            return
         super().closeEvent(event)
 
     def shutdown(self) -> None:
-        """End every child process (engine, inspection, export, chat)."""
+        """End every child process (engine, inspection, export, chat); none is waited for."""
         self.engine.kill()
         self.preview.kill()
         self.model_probe.kill()
         self.export_panel.kill()
-        if self.playground is not None:
-            self.playground.stop()
+        self.playground.stop()
         self.settings.sync()

@@ -98,7 +98,8 @@ class SettingsForm(QWidget):
             if name == "label_words":
                 widget.setToolTip('JSON list, label order, e.g. [" terrible", " great"]; [] infers')
             elif name == "prompt_template":
-                widget.setToolTip(r"{text} is the row's text; \n is a line break")
+                widget.setToolTip(r"{text} is the row's text; {{ and }} are literal braces; \n is a "
+                                  "line break")
         if name == "time_budget_minutes":
             widget.setToolTip("train for this many minutes (0 = until the last step); the run then "
                               "evaluates, checkpoints and writes its adapter as after its last step")

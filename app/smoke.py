@@ -93,7 +93,8 @@ def run(app: QApplication) -> int:
             status = finished[0] if finished else "no answer"
         finally:
             for tool in (window.preview.inspection, window.model_probe):
-                tool.wait(60_000)
+                if tool.is_running():
+                    wait_for(tool.sig_answered, 60)
             window.shutdown()
             window.close()
     report(f"run {status}")

@@ -217,7 +217,11 @@ def _load_config(args: argparse.Namespace):
         return config_io.load(DEMO_CONFIG, overrides)
     if args.config is None and not args.overrides:
         raise UserError("give a config file (python -m engine train CONFIG.yaml) or --demo")
-    return config_io.load(args.config, args.overrides)
+    try:
+        return config_io.load(args.config, args.overrides)
+    except OSError as exc:  # a folder, a file it may not read
+        raise UserError(f"config file {args.config} cannot be read ({exc.strerror or exc}); "
+                        "give a YAML file") from None
 
 
 def _open_log(output_dir: Path) -> Path | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -44,10 +45,13 @@ def make_window(qtbot, tmp_path):
 
     yield make
     for window in windows:
-        # Let a pending inspection or probe end on its own; anything else still running is a leak.
+        # Let a pending inspection or probe end on its own, and the processes a test killed be
+        # reaped (that takes a turn of the event loop); anything else still running is a leak.
         for tool in (window.preview.inspection, window.model_probe):
             if tool.is_running():
-                tool.wait(60_000)
+                qtbot.waitSignal(tool.sig_answered, timeout=60_000).wait()
+        with contextlib.suppress(qtbot.TimeoutError):
+            qtbot.waitUntil(lambda w=window: not _child_processes(w), timeout=3000)
         running = _child_processes(window)
         window.shutdown()
         leaked = [" ".join([p.program(), *p.arguments()]) for p in running]
@@ -314,7 +318,9 @@ def test_engine_that_hangs_is_ended_by_the_watchdog(
     assert finished.args == ["hung"]
     assert "sent nothing for 1 s" in window.log.toPlainText()
     assert window.start_button.isEnabled()
-    assert window.engine._process.state() == QProcess.ProcessState.NotRunning
+    # Killed, not waited for: it ends as the event loop turns.
+    qtbot.waitUntil(lambda: window.engine._process.state() == QProcess.ProcessState.NotRunning,
+                    timeout=5000)
 
 
 def test_stop_mid_run_then_resume_continues(make_window, qtbot, tiny_model, classification_data):

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 
 pytest.importorskip("pytestqt")
@@ -10,6 +13,7 @@ pytest.importorskip("pytestqt")
 from test_app import make_window  # noqa: E402, F401  (fresh settings; fails on leaked processes)
 
 from app.main_window import MainWindow  # noqa: E402
+from engine.errors import UserError  # noqa: E402
 
 PROBE_TIMEOUT_MS = 120_000
 
@@ -51,6 +55,59 @@ def test_memory_bar_follows_settings_and_blocks_start(make_window, qtbot, tiny_m
     widget.setCurrentText(value) if hasattr(widget, "setCurrentText") else widget.setValue(int(value))
     assert device.blocking_reason == "" and window.start_button.isEnabled()
     assert window.current_config().memory_budget_gb == 0.8
+
+
+def test_memory_bar_sizes_a_long_sft_run_as_the_engine_does(make_window, qtbot, tiny_model,
+                                                            tmp_path):
+    """Long completions make an SFT run's logits the widest tensor: the bar takes the task and
+    the longest completion from the dataset's inspection, so it shows what the trainer's
+    pre-flight check computes, and a budget the bar refuses the engine refuses too."""
+    from conftest import Recorder
+
+    from engine.estimate import estimate
+    from engine.events import EventBus
+    from engine.trainer import Trainer
+
+    data = tmp_path / "long.jsonl"
+    rows = [{"prompt": f"Question {i}:", "completion": " the answer is" + " yes" * 150}
+            for i in range(40)]  # every completion as long: the held-out split changes nothing
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    window = make_window()
+    with qtbot.waitSignal(window.model_probe.sig_answered, timeout=PROBE_TIMEOUT_MS):
+        _enter_model(window, str(tiny_model))  # the inspection then counts tokens
+    for name, value in {"max_seq_len": 200, "batch_size": 4, "optimizer.q": 4, "steps": 1}.items():
+        window.form.widgets[name].setValue(value)
+    device = window.device
+    with qtbot.waitSignal(window.preview.sig_inspected, timeout=PROBE_TIMEOUT_MS) as inspected:
+        window.set_dataset(str(data))
+        assert device.estimate_bytes is not None  # sized for the worst until the answer
+    assert inspected.args[0]["task"] == "sft" and inspected.args[0]["longest_completion_tokens"] > 150
+    config = window.current_config()
+    assert config.task == "auto"
+    as_classification = estimate(device.shape, config).total_bytes
+    # What the bar showed before (the tiny model's vocabulary is small: a 470 MiB runtime
+    # dominates both), at least two steps of the budget's 0.01 GiB apart.
+    assert device.estimate_bytes - as_classification > 0.02 * 2**30
+
+    config.output_dir = str(tmp_path / "run")
+    trainer = Trainer(config, EventBus([Recorder()]))
+    try:
+        trainer.setup(resume=False)
+    finally:
+        trainer.cleanup()
+    assert trainer.memory_estimate.total_bytes == device.estimate_bytes
+
+    budget = round((as_classification + device.estimate_bytes) / 2 / 2**30, 2)
+    assert as_classification < budget * 2**30 < device.estimate_bytes
+    device.budget.setValue(budget)
+    assert device.blocking_reason and not window.start_button.isEnabled()
+    refused = dataclasses.replace(window.current_config(), output_dir=str(tmp_path / "refused"))
+    trainer = Trainer(refused, EventBus([Recorder()]))
+    with pytest.raises(UserError, match="memory_budget_gb"):
+        try:
+            trainer.setup(resume=False)
+        finally:
+            trainer.cleanup()
 
 
 def test_profile_picker_sets_device_and_is_remembered(make_window, qtbot, tiny_model,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QProcess  # noqa: E402
 
-from app.export_panel import ExportPanel, format_available  # noqa: E402
+from app import export_panel  # noqa: E402
+from app.export_panel import KILL_AFTER_MS, ExportPanel  # noqa: E402
 from engine.export import FORMATS  # noqa: E402
 
 
@@ -29,11 +32,39 @@ def panel(qtbot):
 
 def test_one_button_per_engine_format(panel):
     assert list(panel.buttons) == list(FORMATS)
-    assert panel.buttons["gguf"].isEnabled()
     for fmt, button in panel.buttons.items():
-        assert button.isEnabled() == format_available(fmt)
-        if not format_available(fmt):
-            assert "not available" in button.toolTip()
+        assert button.isEnabled() and button.toolTip() == FORMATS[fmt][2]
+
+
+def test_an_engine_that_cannot_start_ends_the_export(panel, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_panel, "engine_command",
+                        lambda *args: [str(tmp_path / "no-such-python"), "-m", "engine", *args])
+    panel.set_run(tmp_path)
+    with qtbot.waitSignal(panel.sig_export_finished, timeout=10_000) as finished:
+        panel.buttons["gguf"].click()
+    assert finished.args == ["gguf", -1, ""]
+    assert "the engine could not be started" in panel.output.toPlainText()
+    assert not panel.busy.isVisible() and panel.buttons["gguf"].isEnabled()
+    assert not panel.is_running()
+
+
+def test_closing_never_waits_for_an_export_that_ignores_sigterm(panel, qtbot, tmp_path,
+                                                               monkeypatch):
+    """kill() sends SIGTERM and returns; the engine is killed KILL_AFTER_MS later if still there."""
+    stubborn = tmp_path / "stubborn.py"
+    stubborn.write_text("import signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                        "print('ready', file=sys.stderr, flush=True)\ntime.sleep(120)\n")
+    monkeypatch.setattr(export_panel, "engine_command",
+                        lambda *args: [sys.executable, str(stubborn), *args])
+    panel.set_run(tmp_path)
+    with qtbot.waitSignal(panel.sig_export_finished, timeout=KILL_AFTER_MS + 30_000) as finished:
+        panel.buttons["gguf"].click()
+        qtbot.waitUntil(lambda: "ready" in panel.output.toPlainText(), timeout=30_000)
+        started = time.monotonic()
+        panel.kill()
+        assert time.monotonic() - started < 0.5 and panel.is_running()
+    assert finished.args[2] == "" and not panel.is_running()
+    assert time.monotonic() - started >= KILL_AFTER_MS / 1000 * 0.9
 
 
 def test_export_of_an_unfinished_run_reports_the_engine_message(panel, qtbot, tmp_path):

@@ -10,10 +10,12 @@ no traceback, and change no file. Then the engine dying, hanging or flooding, an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import yaml  # noqa: E402
 from PySide6.QtCore import QProcess, Qt, QTimer  # noqa: E402
 from PySide6.QtGui import QTextDocument  # noqa: E402
 from PySide6.QtWidgets import QFileDialog, QPushButton  # noqa: E402
-from test_app import ENGINE_TIMEOUT_MS, _drop, _fake_engine, _fill_tiny, make_window  # noqa: E402, F401
+from test_app import ENGINE_TIMEOUT_MS, REPO, _drop, _fake_engine, _fill_tiny, make_window  # noqa: E402, F401
 from test_bad_inputs import CASES, GOOD_ROWS, Ctx, _snapshot, ctx  # noqa: E402, F401
 
 from app.runs import read_metrics  # noqa: E402
@@ -89,7 +91,7 @@ def test_bad_models_typed_into_the_window_are_named_by_the_probe(make_window, qt
 
 CONFIG_SAMPLE = ["unknown_key", "negative_lr", "q_zero", "eps_zero", "steps_not_a_number",
                  "section_given_a_value", "config_not_yaml", "config_is_a_list",
-                 "config_not_utf8", "config_file_missing"]
+                 "config_not_utf8", "config_file_missing", "config_is_a_folder"]
 
 
 def _as_yaml_file(ctx: Ctx, argv: list[str]) -> Path:
@@ -274,6 +276,96 @@ def test_stop_during_an_export_from_the_export_tab(make_window, qtbot, tiny_mode
     assert not [p for p in out.iterdir() if p.suffix == ".partial" or p.suffix == ".Modelfile"]
     assert not panel.stop_button.isEnabled() and panel.buttons["gguf"].isEnabled()
     assert all(p.state() == QProcess.ProcessState.NotRunning for p in panel.findChildren(QProcess))
+
+
+# ---- the window's own writes and child processes -----------------------------------------
+
+def _save_button(window) -> QPushButton:
+    return next(b for b in window.findChildren(QPushButton) if b.text() == "Save…")
+
+
+def _save_to(window, monkeypatch, path: Path):
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *args: (str(path), "YAML (*.yaml)")))
+    _save_button(window).click()
+    box = window.message_box
+    assert box is not None and box.isVisible() and box.windowTitle() == "Config not saved"
+    return box
+
+
+def test_save_to_a_full_device_says_so(make_window, tiny_model, ctx, monkeypatch):
+    window = make_window()
+    _fill_tiny(window, tiny_model, ctx.data)
+    box = _save_to(window, monkeypatch, Path("/dev/full"))  # every write: ENOSPC
+    _check_shown(box.text(), ("/dev/full", "No space left", "free disk space"))
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """(a read-only folder, a full one): a read-only bind mount and a filled 64 KiB tmpfs. Mounting
+    needs root; skipped where it is not allowed."""
+    read_only, full = tmp_path / "read-only", tmp_path / "full"
+    read_only.mkdir()
+    full.mkdir()
+    mounted: list[Path] = []
+
+    def mount(*args, target: Path) -> None:
+        done = subprocess.run(["mount", *args, str(target)], capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount here: {done.stderr.strip()}")
+        mounted.append(target)
+
+    try:
+        mount("--bind", str(read_only), target=read_only)
+        mount("-o", "remount,bind,ro", target=read_only)
+        mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", target=full)
+        with contextlib.suppress(OSError):
+            (full / "filler").write_bytes(bytes(2**20))
+        yield read_only, full
+    finally:
+        for target in reversed(mounted):
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def test_save_and_start_into_read_only_and_full_folders_say_so(make_window, tiny_model, ctx,
+                                                               monkeypatch, unwritable):
+    for folder, reason in zip(unwritable, ("Read-only file system", "No space left"), strict=True):
+        window = make_window()
+        window.runs_root = folder
+        _fill_tiny(window, tiny_model, ctx.data)
+        box = _save_to(window, monkeypatch, folder / "saved.yaml")
+        _check_shown(box.text(), (str(folder / "saved.yaml"), reason, "writable folder"))
+        box.close()
+        window.start()  # the run's config goes into the runs folder first
+        assert window.run.state == "idle" and not window.engine.is_running()
+        _check_shown(_plain(window.status_line.text()), (str(folder), reason, "nothing was started"))
+
+
+def test_engine_tools_that_cannot_start_say_so(make_window, qtbot, tiny_model, ctx, tmp_path,
+                                               monkeypatch):
+    """A probe or an inspection whose process fails to start answers with the reason: the
+    summaries never stay on "reading the model…" / "inspecting…"."""
+    from app import json_tool
+
+    monkeypatch.setattr(json_tool, "engine_command",
+                        lambda *args: [str(tmp_path / "no-such-python"), "-m", "engine", *args])
+    window = make_window()
+    with qtbot.waitSignal(window.model_probe.sig_answered, timeout=10_000):
+        window.probe_model(str(tiny_model))
+    with qtbot.waitSignal(window.preview.sig_inspected, timeout=10_000):
+        window.set_dataset(str(ctx.data))
+    for label in (window.model_summary, window.preview.summary):
+        shown = _plain(label.text())
+        assert "the engine could not be started" in shown and "no-such-python" in shown
+        assert "reading the model" not in shown and "inspecting" not in shown
+
+
+def test_the_window_never_waits_for_a_process():
+    """The GUI thread never blocks on a child: no waitForFinished/waitForStarted in app/."""
+    blocking = [f"{path.relative_to(REPO)}:{number}" for path in sorted((REPO / "app").rglob("*.py"))
+                for number, line in enumerate(path.read_text().splitlines(), 1)
+                if "waitForFinished" in line or "waitForStarted" in line]
+    assert not blocking, blocking
 
 
 # ---- safe defaults in the window -----------------------------------------------------------

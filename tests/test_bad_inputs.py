@@ -482,6 +482,12 @@ def config_file_missing(ctx):
     return ["train", str(ctx.dir / "absent.yaml")]
 
 
+@case("a folder", "cannot be read", "Is a directory", "YAML file")
+def config_is_a_folder(ctx):
+    (ctx.dir / "a folder").mkdir()
+    return ["train", str(ctx.dir / "a folder")]
+
+
 @case("latin1.yaml", "UTF-8")
 def config_not_utf8(ctx):
     return ["train", str(ctx.write("latin1.yaml", "model: caf\u00e9\n".encode("latin-1")))]

@@ -81,8 +81,8 @@ class ChatProcess(QObject):
     def _escalate(self, process: QProcess) -> None:
         if process is self._process and process.state() != QProcess.ProcessState.NotRunning:
             process.terminate()
-            if not process.waitForFinished(STOP_GRACE_MS):
-                process.kill()
+            # Bound to the process: the timer goes with it, and a kill after its end is a no-op.
+            QTimer.singleShot(STOP_GRACE_MS, process, process.kill)
 
     def _read_stderr(self) -> None:
         if self._process is not None:
