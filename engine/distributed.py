@@ -217,8 +217,8 @@ def join(device: torch.device, timeout_seconds: float) -> World:
         ) from exc
     dist.init_process_group(devices.collective_backend(device), store=store, rank=rank,
                             world_size=size, timeout=timeout)
-    log.info("worker %d of %d on %s, pid %d (%s, backend %s)", rank, size, host, os.getpid(), device,
-             devices.collective_backend(device))
+    log.info("worker %d of %d on %s, pid %d (%s, backend %s, rendezvous %s)", rank, size, host,
+             os.getpid(), device, devices.collective_backend(device), address)
     return World(rank, size, device, timeout_seconds)
 
 
