@@ -118,7 +118,9 @@ class World:
         digest = hashlib.sha256()
         for name in sorted(tensors):
             digest.update(name.encode())
-            digest.update(tensors[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            # reshape(-1): a 0-dim tensor (AdamW's step count) cannot be viewed as bytes.
+            digest.update(tensors[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+                          .numpy().tobytes())
         text = digest.hexdigest()
         if self.size == 1:
             return text
