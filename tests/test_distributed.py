@@ -117,6 +117,29 @@ def test_a_killed_worker_ends_the_job_and_one_worker_resumes_it(tiny_config, tmp
                                torch.tensor([m["loss"] for m in expected.of("metrics")]), atol=1e-5, rtol=0)
 
 
+def test_stop_on_worker_0s_stdin_stops_every_worker_at_the_same_step(tiny_config, tmp_path):
+    """The app's stop line reaches worker 0 only; the MAX vote makes worker 1 stop with it."""
+    out = tmp_path / "run"
+    cfg = tiny_config("steps=100000", "eval_every=0", "checkpoint_every=0", "workers=2",
+                      f"output_dir={out}")
+    proc = _engine(["run", str(_config_file(cfg, tmp_path / "run.yaml"))])
+    for line in proc.stdout:
+        if decode(line).type == "metrics" and decode(line).data["step"] == 5:
+            proc.stdin.write("stop\n")
+            proc.stdin.flush()
+            break
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    events = [decode(line) for line in rest.splitlines()]
+    assert events[-1].type == "done" and events[-1].data["status"] == "stopped"
+    written = next(e.data for e in events if e.type == "checkpoint")
+    # Worker 1's log holds its events as protocol lines (the protocol escapes θ).
+    said = [decode(line).data["message"] for line in (out / "worker-1.log").read_text().splitlines()
+            if line.startswith('{"type":"log"')]
+    assert f"checkpoint at step {written['step']}: θ checksum {written['theta_checksum']} " \
+        "(worker 0 writes it)" in said
+
+
 def test_a_worker_that_cannot_connect_is_named(tiny_config, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
