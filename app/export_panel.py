@@ -231,9 +231,12 @@ class ExportPanel(QWidget):
             try:
                 metadata = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
                 report = metadata["verification"]
+                # The adapter layout: a small per-run program plus the base's shared weights.
+                sizes = f"model.pte {metadata['program_bytes'] / 2**20:.1f} MiB" + (
+                    f" + foundation.ptd {metadata['data_bytes'] / 2**20:.1f} MiB (the base, "
+                    "shared by this base's exports)" if metadata.get("data_bytes") else "")
                 self.result_label.setText(
-                    f"ExecuTorch export ({metadata['export']['quantize']}, "
-                    f"{metadata['program_bytes'] / 2**20:.1f} MiB): {folder}\n"
+                    f"ExecuTorch export ({metadata['export']['quantize']}, {sizes}): {folder}\n"
                     f"checked in the ExecuTorch runtime against PyTorch with the adapter on "
                     f"{report['prompts']} held-out prompts ({report['positions']} positions): "
                     f"max |Δlogit| {report['max_abs_diff']:.3g}, top-1 agreement "

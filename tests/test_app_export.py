@@ -133,10 +133,11 @@ def test_executorch_export_shows_stages_and_verification(panel, qtbot, tiny_mode
     fmt, code, path = finished.args
     assert (fmt, code) == ("executorch", 0), panel.output.toPlainText()[-3000:]
     assert Path(path) == run / "export" / "executorch" == panel.export_folder
-    assert [value for value, _ in stages] == [0, 1, 2, 3, 4, 5]  # each stage's start, then done
-    assert stages[3][1].startswith("stage 3/5: lower done in")
+    assert [value for value, _ in stages] == [0, 1, 2, 3, 4, 5, 6]  # each stage's start, then done
+    assert stages[4][1].startswith("stage 4/6: lower done in")
     text = panel.result_label.text()
-    assert "ExecuTorch export (none" in text and "top-1 agreement 100.0%" in text
+    assert "ExecuTorch export (none, model.pte" in text and "top-1 agreement 100.0%" in text
+    assert "+ foundation.ptd" in text  # both sizes of the default (adapter) layout
     assert str(run / "export" / "executorch") in text
     with qtbot.waitSignal(panel.device_tool.sig_answered, timeout=60_000):
         pass  # the device list refreshes after an export; no phone here

@@ -1,10 +1,11 @@
-"""Forward time of a run's exported ExecuTorch program against eager PyTorch on the same weights.
+"""Prefill time of a run's exported ExecuTorch program against eager PyTorch on the same weights.
 
 The program is `RUN/export/executorch/model.pte` (`python -m engine export RUN --format
-executorch`); the eager side is the run's base model with its adapter merged, the model the
-program was made from. Both see the same random token ids per length and are interleaved; the
-record keeps each length's max |Δlogit|, so a timing of a program that computes something else
-cannot pass unnoticed.
+executorch`, export_llm's KV-cache program: one call takes the tokens from position 0 and
+returns the last position's logits); the eager side is the run's base model with its adapter
+merged. Both see the same random token ids per length and are interleaved; the record keeps
+each length's max |Δlogit| of the last position, so a timing of a program that computes
+something else cannot pass unnoticed.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ def run(run_dir: Path, lengths: list[int], reps: int, warmup: int, threads: int)
         raise UserError(f"--lengths {max(lengths)} is longer than the program's max_seq_len "
                         f"{max_seq_len}")
     pin_threads(threads)
-    method = executorch._load_method(pte)
+    program = executorch.Program(pte)
     loaded = executorch._load(*run_folder(run_dir))
-    eager = executorch._merged(loaded.adapted)
+    eager = loaded.adapted.merge_and_unload().eval()
     vocab = eager.config.vocab_size
     record = {"benchmark": "pte", "model": loaded.config.model, "run": str(run_dir),
               "program_bytes": pte.stat().st_size, "environment": environment(threads),
@@ -40,9 +41,9 @@ def run(run_dir: Path, lengths: list[int], reps: int, warmup: int, threads: int)
     for length in lengths:
         generator = torch.Generator().manual_seed(length)
         ids = torch.randint(0, vocab, (1, length), generator=generator)
-        program, pytorch = _forwards(method, eager, ids)
-        difference = (program() - pytorch()).abs().max().item()
-        timings = interleaved({"executorch": program, "pytorch": pytorch}, reps, warmup)
+        prefill, pytorch = _forwards(program, eager, ids)
+        difference = (prefill() - pytorch()).abs().max().item()
+        timings = interleaved({"executorch": prefill, "pytorch": pytorch}, reps, warmup)
         record["lengths"].append({
             "tokens": length, "max_abs_logit_difference": difference,
             "timings": {name: t.as_dict() for name, t in timings.items()},
@@ -51,12 +52,12 @@ def run(run_dir: Path, lengths: list[int], reps: int, warmup: int, threads: int)
     return finish(record)
 
 
-def _forwards(method, eager: torch.nn.Module, ids: torch.Tensor):
-    """(program, eager) forwards over `ids`, each returning the logits."""
-    def program() -> torch.Tensor:
-        return method.execute([ids])[0]
+def _forwards(program, eager: torch.nn.Module, ids: torch.Tensor):
+    """(program, eager) forwards over `ids`, each returning the last position's logits."""
+    def prefill() -> torch.Tensor:
+        return torch.from_numpy(program.forward(ids[0].tolist(), 0))
 
     def pytorch() -> torch.Tensor:
         with torch.inference_mode():
-            return eager(input_ids=ids, use_cache=False).logits
-    return program, pytorch
+            return eager(input_ids=ids, use_cache=False).logits[0, -1]
+    return prefill, pytorch
