@@ -149,6 +149,20 @@ class World:
             raise WorkersDiverged(f"the workers disagree on {what}: "
                                   + ", ".join(f"worker {r}: {v}" for r, v in enumerate(values)))
 
+    def latest(self, seconds: float) -> float:
+        """The largest of the workers' `seconds` (one MAX all-reduce): the training time a
+        time-budget schedule follows must read alike everywhere, or the workers' learning rates,
+        and then their θ, would differ."""
+        if self.size == 1:
+            return seconds
+        import torch.distributed as dist
+
+        tensor = torch.tensor([seconds], dtype=torch.float64, device=self._exchange_device)
+        self._collective(lambda: dist.all_reduce(tensor, op=dist.ReduceOp.MAX),
+                         "agreeing on the training time")
+        self._exchanged_bytes += 2 * tensor.element_size()
+        return float(tensor.item())
+
     def take_exchanged_bytes(self) -> int:
         """Payload bytes sent and received since the last call (collective headers excluded)."""
         taken, self._exchanged_bytes = self._exchanged_bytes, 0

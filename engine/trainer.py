@@ -303,6 +303,8 @@ class Trainer:
             devices.synchronize(self.device)
             step_seconds = time.perf_counter() - t0
             self.train_seconds += step_seconds
+            if budget_seconds:
+                self.train_seconds = self.world.latest(self.train_seconds)
             step += 1
             if not math.isfinite(result.loss) or not all(math.isfinite(g) for g in result.projected_grads):
                 raise NonFiniteLoss(

@@ -85,6 +85,26 @@ def test_workers_give_the_one_worker_losses_and_the_same_theta(tiny_config, tmp_
         assert 0 < m["exchanged_bytes"] <= 64 * q + 64
 
 
+def test_a_time_budgeted_cosine_run_keeps_every_worker_on_one_learning_rate(tiny_config, tmp_path):
+    """The cosine over a time budget follows training seconds, which each worker measures for
+    itself: the workers agree on them every step, so their lr (and θ) stay identical."""
+    cfg = tiny_config("workers=2", "steps=100000", "time_budget_minutes=0.01", "eval_every=0",
+                      "checkpoint_every=5", "optimizer.schedule=cosine", f"output_dir={tmp_path / 'spread'}")
+    proc = _engine(["train", str(_config_file(cfg, tmp_path / "spread.yaml"))])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    spread = tmp_path / "spread"
+    metrics = _history(spread, "metrics")
+    assert len(metrics) >= 6
+    lrs = [m["lr"] for m in metrics]
+    assert lrs[-1] < lrs[0] and all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+    written = [c["theta_checksum"] for c in _history(spread, "checkpoint")]
+    log = (spread / "worker-1.log").read_text()
+    assert written and re.findall(r"θ checksum ([0-9a-f]{64})", log) == written
+    # Ended by the budget, long before its step count, with the final checkpoint at its last step.
+    assert _history(spread, "checkpoint")[-1]["step"] == len(metrics) < 100000
+
+
 def test_a_killed_worker_ends_the_job_and_one_worker_resumes_it(tiny_config, tmp_path):
     overrides = ("steps=10", "checkpoint_every=4", "eval_every=4")
     _, expected, _ = _train(tiny_config(*overrides, f"output_dir={tmp_path / 'straight'}"))
