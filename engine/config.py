@@ -107,8 +107,8 @@ class TrainConfig:
     # Classification: the word the model should say for each label, in label order, e.g.
     # [" terrible", " great"]. Empty: inferred when the labels are words.
     label_words: list[str] = field(default_factory=list)
-    # Classification: how a row becomes the prompt; {text} is the row's text. The label word is
-    # scored right after it.
+    # Classification: how a row becomes the prompt; {text} is the row's text (the only field;
+    # {{ and }} are literal braces). The label word is scored right after it.
     prompt_template: str = "{text} It was"
     # Run folder (config, metrics, checkpoints, adapter). A folder holding a run is refused
     # unless --resume is given.

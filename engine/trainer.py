@@ -28,7 +28,7 @@ from engine import model as models
 from engine.config import TrainConfig
 from engine.data import Dataset, find_eval_file, load_dataset, split
 from engine.errors import UserError
-from engine.estimate import Shape, estimate, suggest
+from engine.estimate import Shape, estimate, scored_columns, suggest
 from engine.events import EventBus, MetricsFileSink, read_history, truncate_history
 from engine.objective import Batch, Objective
 from engine.optim import build as build_optimizer
@@ -163,10 +163,9 @@ class Trainer:
         dtype = "int8" if cfg.dtype == "int8" else str(self.dtype).removeprefix("torch.")
         scored = None
         if cfg.task == "sft":
-            # The widest batch scores the longest completion and its EOS (cut as Objective.encode cuts).
             texts = [e.completion for e in self.train_data.examples + self.eval_data.examples]
             longest = max(len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"])
-            scored = min(longest + 1, cfg.max_seq_len - 1)
+            scored = scored_columns(longest, cfg.max_seq_len)
         predicted = self.memory_estimate = estimate(shape, cfg, dtype, scored, EVAL_BATCH_ROWS)
         self.bus.log(predicted.describe())
         budget = int(cfg.memory_budget_gb * 2**30)
