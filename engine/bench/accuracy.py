@@ -64,12 +64,19 @@ def write_split(tsv: Path, folder: Path, eval_rows: int, train_rows: int, seed: 
             if len(parts) != 2 or parts[1] not in ("0", "1"):
                 raise UserError(f"{tsv}:{number}: expected sentence<TAB>0 or 1, got {line[:80]!r}")
             rows.append({"text": parts[0].strip(), "label": int(parts[1])})
+    return write_rows(rows, tsv, folder / "sst2", eval_rows, train_rows, seed)
+
+
+def write_rows(rows: list[dict], source: Path, stem: Path, eval_rows: int, train_rows: int,
+               seed: int) -> tuple[Path, Path]:
+    """Shuffle `rows` (seeded); the first `eval_rows` become STEM-eval.jsonl, the next
+    `train_rows` STEM-train.jsonl."""
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     if len(order) < eval_rows + 16:
-        raise UserError(f"{tsv}: {len(order)} rows; need at least {eval_rows + 16}")
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = folder / "sst2-train.jsonl", folder / "sst2-eval.jsonl"
+        raise UserError(f"{source}: {len(order)} rows; need at least {eval_rows + 16}")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = stem.with_name(f"{stem.name}-train.jsonl"), stem.with_name(f"{stem.name}-eval.jsonl")
     for path, chosen in zip(paths, (order[eval_rows:eval_rows + train_rows], order[:eval_rows]), strict=True):
         path.write_text("".join(json.dumps(rows[i]) + "\n" for i in chosen), encoding="utf-8")
     return paths

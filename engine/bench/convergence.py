@@ -4,13 +4,11 @@ budget (the code a user runs: `time_budget_minutes`)."""
 
 from __future__ import annotations
 
-import json
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.bench.accuracy import Variant, run_variant, write_split
+from engine.bench.accuracy import Variant, run_variant, write_rows, write_split
 from engine.bench.common import REPO, environment, finish
 from engine.errors import UserError
 
@@ -94,15 +92,7 @@ def write_topic_split(task: Task, tsv: Path, folder: Path, eval_rows: int, train
             if label not in task.labels:
                 raise UserError(f"{tsv}:{number}: label {label!r} is none of {task.labels}")
             rows.append({"text": text.strip(), "label": task.labels.index(label)})
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    if len(order) < eval_rows + 16:
-        raise UserError(f"{tsv}: {len(order)} rows; need at least {eval_rows + 16}")
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = folder / "topics-train.jsonl", folder / "topics-eval.jsonl"
-    for path, chosen in zip(paths, (order[eval_rows:eval_rows + train_rows], order[:eval_rows]), strict=True):
-        path.write_text("".join(json.dumps(rows[i]) + "\n" for i in chosen), encoding="utf-8")
-    return paths
+    return write_rows(rows, tsv, folder / "topics", eval_rows, train_rows, seed)
 
 
 def run(model: str, task_name: str, data: Path | None, variants: list[str], minutes: float,
