@@ -152,6 +152,9 @@ def test_memory_measures_each_variant_in_its_own_process(tiny_model, tmp_path):
     assert (tmp_path / "plots" / "bench-memory.png").exists()
 
 
+# 75 s (it lowers a training program): the default suite stays under 15 minutes on 2 cores;
+# tests/test_executorch_train.py covers the backend itself there.
+@pytest.mark.slow
 def test_backend_times_eager_against_the_executorch_program(tiny_model, tmp_path, capsys):
     assert main(["backend", *_common(tiny_model, tmp_path), "--q", "2", "--b", "2", "--seq-len", "8",
                  "--reps", "2", "--warmup", "1"]) == 0
