@@ -47,6 +47,14 @@ def _step(tiny_model, classification_data, name, mode, q=3, step=7):
     optimizer = build(cfg, adapter.store, seed=123)
     optimizer.theta.normal_(0, 0.05, generator=torch.Generator().manual_seed(5))
     optimizer.broadcast()
+    losses = _review_losses(tiny_model, classification_data, model, adapter)
+    with torch.inference_mode():
+        result = optimizer.step(losses, step)
+    return result, optimizer, adapter.store
+
+
+def _review_losses(tiny_model, classification_data, model, adapter):
+    """losses(n): the first four reviews scored on the model's first n adapter copies."""
     data = load_dataset(classification_data, label_words=[" terrible", " great"])
     objective = Objective(_tokenizer(tiny_model), "classification", 48, data.label_words)
     batch = objective.encode(data.examples[:4])
@@ -55,9 +63,7 @@ def _step(tiny_model, classification_data, name, mode, q=3, step=7):
         with lora.active_copies(adapter, n):
             return objective.losses(model, batch, n)
 
-    with torch.inference_mode():
-        result = optimizer.step(losses, step)
-    return result, optimizer, adapter.store
+    return losses
 
 
 def _tokenizer(folder):
@@ -291,14 +297,7 @@ def test_bfloat16_base_keeps_a_float32_adapter_that_small_updates_move(tiny_mode
     assert adapter.store.copies.dtype == torch.float32 and optimizer.theta.dtype == torch.float32
     optimizer.theta.fill_(1.0)
     optimizer.broadcast()
-    data = load_dataset(classification_data, label_words=[" terrible", " great"])
-    objective = Objective(_tokenizer(tiny_model), "classification", 48, data.label_words)
-    batch = objective.encode(data.examples[:4])
-
-    def losses(n):
-        with lora.active_copies(adapter, n):
-            return objective.losses(model, batch, n)
-
+    losses = _review_losses(tiny_model, classification_data, model, adapter)
     with torch.inference_mode():
         result = optimizer.step(losses, 0)
     assert all(abs(g) > 0 for g in result.projected_grads)

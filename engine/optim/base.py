@@ -71,14 +71,10 @@ class TrainedOptimizer:
         momentum is on), then every copy ← θ. `unit` undoes the scale the directions were read
         back at (θ ± εz differences)."""
         c = torch.tensor(coefficients, dtype=self.theta.dtype, device=self.theta.device)
-        scale = unit / len(coefficients)
-        if self.velocity is None:
-            self.theta.addmv_(directions.T, c, alpha=-lr * scale)
-        else:
-            # Dampened (1 − β): the same lr means the same step size as without momentum.
-            beta = self.config.momentum
-            self.velocity.mul_(beta).addmv_(directions.T, c, alpha=(1 - beta) * scale)
-            self.theta.add_(self.velocity, alpha=-lr)
+        if self.velocity is not None:
+            self.apply_sum(torch.mv(directions.T, c).mul_(unit), len(coefficients), lr)
+            return
+        self.theta.addmv_(directions.T, c, alpha=-lr * unit / len(coefficients))
         self.broadcast()
 
     def update_from_seeds(self, step: int, coefficients: list[float], unit: float, lr: float,
@@ -111,6 +107,7 @@ class TrainedOptimizer:
         if self.velocity is None:
             self.theta.add_(weighted_sum, alpha=-lr / n)
         else:
+            # Dampened (1 − β): the same lr means the same step size as without momentum.
             beta = self.config.momentum
             self.velocity.mul_(beta).add_(weighted_sum, alpha=(1 - beta) / n)
             self.theta.add_(self.velocity, alpha=-lr)
