@@ -53,6 +53,7 @@ package: setup
 
 lint: setup
 	$(VENV)/bin/ruff check engine app tests
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.json_tool import JsonTool
-from engine.config import _CHOICES
+from engine.api.config import CHOICES
 
 PREVIEW_ROWS = 20
 CELL_CHARS = 200
@@ -113,7 +113,7 @@ class DatasetPreview(QWidget):
         # The engine reads columns by schema (text+label, prompt+completion, …); when detection
         # guesses wrong, the user says which layout the columns follow (config field `schema`).
         self.schema = QComboBox()
-        self.schema.addItems(list(_CHOICES["schema"]))
+        self.schema.addItems(list(CHOICES["schema"]))
         self.schema.setToolTip("What the columns hold: auto detects it; pick one when it guesses wrong")
         self.schema.currentTextChanged.connect(lambda _: self.inspect())
         mapping = QFormLayout()

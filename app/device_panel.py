@@ -1,9 +1,9 @@
 """The Device group: this machine, a device profile, the memory budget, and the estimated peak.
 
-The estimate is engine.estimate's arithmetic (torch-free) over the model's config.json, so the
+The estimate is engine.api.estimate's arithmetic (torch-free) over the model's config.json, so the
 bar follows every settings change at once. It is the engine's pre-flight check's own
 computation with the same inputs: the task the data resolves `auto` to and, for SFT, the
-longest completion in tokens (engine.estimate.scored_columns), both from the dataset's
+longest completion in tokens (engine.api.estimate.scored_columns), both from the dataset's
 inspection. What is not known yet is sized for the worst it can be (a dataset not inspected yet
 as SFT, completions as long as max_seq_len), so a run the bar shows as fitting is never refused
 by the engine for memory.
@@ -24,9 +24,9 @@ import psutil
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QProgressBar, QWidget
 
-from engine import profiles
-from engine.config import TrainConfig
-from engine.estimate import Shape, estimate, scored_columns, suggest
+from engine.api import profiles
+from engine.api.config import TrainConfig
+from engine.api.estimate import Shape, estimate, scored_columns, suggest
 
 GIB = 2**30
 BAR_STEPS = 1000  # the bar's resolution: 0.1 % of the budget

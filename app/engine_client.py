@@ -1,6 +1,6 @@
 """One engine training process (`python -m engine run CONFIG --protocol`) seen through its events.
 
-The engine and the app meet only at engine.protocol: this module parses stdout line by line,
+The engine and the app meet only at engine.api.protocol: this module parses stdout line by line,
 keeps the tail of stderr for crash reports, and turns every way a process can end (done event,
 exit without done, silence past the watchdog) into exactly one `sig_finished`.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
-from engine.protocol import EVENT_TYPES, STOP_COMMAND, Event, ProtocolError, decode
+from engine.api.protocol import EVENT_TYPES, STOP_COMMAND, Event, ProtocolError, decode
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STDERR_LINES = 50
@@ -39,7 +39,7 @@ class EngineClient(QObject):
     """Starts, watches and stops one engine run; emits its events as they arrive."""
 
     sig_event_received = Signal(object)
-    """An engine.protocol.Event (known types only)."""
+    """An engine.api.protocol.Event (known types only)."""
     sig_log_received = Signal(str, str)
     """Level ("info" | "warning" | "error") and a message from the client or the engine's stderr."""
     sig_finished = Signal(str, int)

@@ -1,6 +1,6 @@
 """The Export tab: the run's PEFT adapter folder, and one button per format the engine exports.
 
-The buttons come from engine.export.FORMATS (a torch-free table), so a format the engine gains
+The buttons come from engine.api.formats.FORMATS (a torch-free table), so a format the engine gains
 shows up here without an app change. Each export runs `python -m engine export RUN --format F`
 in its own process; its stderr lines are the progress, its last stdout line the exported path.
 Stop sends SIGTERM, on which the engine removes the file it was writing.
@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 
 from app.engine_client import REPO_ROOT, engine_command
 from app.json_tool import JsonTool
-from engine.export import FORMATS
+from engine.api.formats import FORMATS
 
 # (label, --quantize value) for the ExecuTorch export.
 EXECUTORCH_TARGETS = [
@@ -61,9 +61,9 @@ class ExportPanel(QWidget):
         self.busy = QProgressBar(minimum=0, maximum=0, visible=False)  # no step count: a spinner
         self.buttons: dict[str, QPushButton] = {}
         row = QHBoxLayout()
-        for fmt, (_module, _function, help_text) in FORMATS.items():
+        for fmt, spec in FORMATS.items():
             button = QPushButton(f"Export {fmt}")
-            button.setToolTip(help_text)
+            button.setToolTip(spec.help)
             button.clicked.connect(lambda _=False, f=fmt: self.export(f))
             row.addWidget(button)
             self.buttons[fmt] = button

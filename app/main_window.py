@@ -48,8 +48,8 @@ from app.json_tool import JsonTool
 from app.runs import list_runs, series_of
 from app.settings_form import SettingsForm
 from app.widgets.playground import PlaygroundWidget
-from engine import config as config_io
-from engine.errors import UserError
+from engine.api import config as config_io
+from engine.api.errors import UserError
 
 SETTINGS_SCHEMA = 1
 RECENT_MODELS = 8

@@ -1,4 +1,4 @@
-"""The training settings form: one widget per config field, built from engine.config's dataclasses.
+"""The training settings form: one widget per config field, built from engine.api.config's dataclasses.
 
 The form edits a copy of a base TrainConfig (the loaded YAML or the defaults), so fields the form
 does not show (LoRA targets, eval rows, …) pass through to the engine unchanged.
@@ -13,7 +13,7 @@ import typing
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QComboBox, QFormLayout, QLineEdit, QSpinBox, QWidget
 
-from engine.config import _CHOICES, TrainConfig, get_field
+from engine.api.config import CHOICES, TrainConfig, get_field
 
 # The fields shown, in order (dotted paths into TrainConfig). Device, dtype and the memory
 # budget belong to the Device group (app.device_panel).
@@ -85,9 +85,9 @@ class SettingsForm(QWidget):
 
     def _make_widget(self, name: str) -> QWidget:
         hint = _hint(name)
-        if name in _CHOICES:
+        if name in CHOICES:
             widget = QComboBox()
-            widget.addItems(list(_CHOICES[name]))
+            widget.addItems(list(CHOICES[name]))
             widget.currentTextChanged.connect(self.sig_settings_changed)
         elif hint is int:
             widget = QSpinBox(minimum=0, maximum=10_000_000)

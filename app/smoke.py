@@ -20,7 +20,7 @@ from PySide6.QtWidgets import QApplication
 
 from app.about import versions
 from app.engine_client import REPO_ROOT, engine_command
-from engine import config as config_io
+from engine.api import config as config_io
 
 DEMO_CONFIG = REPO_ROOT / "resources" / "configs" / "demo.yaml"
 # The demo's data and prompt on the tiny model, cut down to seconds: 3 steps, a 16-row eval.

@@ -16,10 +16,8 @@ With --json-stream stdout carries protocol events (engine/protocol.py envelopes)
 - done: status "completed" | "stopped" | "failed", exit_code, tokens, seconds
 A `stop` line on stdin ends generation after the current token.
 
-Backends are objects with `stream(messages, settings) -> Iterator[str]` and
-`label_probs(prompt, words) -> list[float]`. --pte hands the model to
-`engine.export.executorch.chat_backend(pte_path: Path, model_reference: str)`, which returns
-such an object (ExecuTorch owns that side).
+The backends live in engine/runtime/ (llama.cpp, transformers, ExecuTorch), each with
+`stream(messages, settings) -> Iterator[str]` and `label_probs(prompt, words) -> list[float]`.
 """
 
 from __future__ import annotations
@@ -27,146 +25,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 import traceback
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-from engine.data import render_prompt
-from engine.errors import UserError
-
-
-@dataclass
-class Settings:
-    # 0 = greedy (repeatable answers); higher = more varied, less reliable.
-    temperature: float = 0.7
-    # Nucleus sampling: sample from the smallest token set holding this much probability.
-    top_p: float = 0.9
-    max_tokens: int = 256
-    seed: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
-
-
-class Backend(Protocol):
-    def stream(self, messages: list[dict], settings: Settings) -> Iterator[str]: ...
-
-    def label_probs(self, prompt: str, words: list[str]) -> list[float]: ...
-
-
-def _softmax(scores: list[float]) -> list[float]:
-    import math
-
-    top = max(scores)
-    exps = [math.exp(s - top) for s in scores]
-    return [e / sum(exps) for e in exps]
-
-
-class LlamaCppBackend:
-    def __init__(self, model_path: Path, adapter_gguf: Path | None, adapter_scale: float,
-                 seed: int, context: int = 2048) -> None:
-        from llama_cpp import Llama
-
-        self.llm = Llama(model_path=str(model_path), lora_path=str(adapter_gguf) if adapter_gguf else None,
-                         lora_scale=adapter_scale, n_ctx=context, seed=seed, verbose=False)
-        self.stop_words = [w for w in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>")
-                           if len(self.llm.tokenize(w.encode(), add_bos=False, special=True)) == 1]
-
-    def stream(self, messages: list[dict], settings: Settings) -> Iterator[str]:
-        chunks = self.llm.create_chat_completion(
-            messages=messages, stream=True, temperature=settings.temperature, top_p=settings.top_p,
-            max_tokens=settings.max_tokens, stop=self.stop_words, seed=settings.seed)
-        for chunk in chunks:
-            text = chunk["choices"][0]["delta"].get("content")
-            if text:
-                yield text
-            if settings.stop.is_set():
-                return
-
-    def label_probs(self, prompt: str, words: list[str]) -> list[float]:
-        ids = self.llm.tokenize(prompt.encode(), add_bos=False, special=False)
-        label_ids = [self.llm.tokenize(w.encode(), add_bos=False, special=False)[0] for w in words]
-        import llama_cpp
-
-        self.llm.reset()
-        self.llm.eval(ids)
-        # Without logits_all (n_ctx × vocab floats) llama-cpp-python keeps no scores; the last
-        # position's logits are still in the context.
-        logits = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
-        return _softmax([float(logits[i]) for i in label_ids])
-
-
-def stop_token_ids(tokenizer) -> list[int]:
-    """Token ids that end an answer: EOS and the chat templates' end-of-turn markers."""
-    vocab = tokenizer.get_vocab()
-    return sorted({tokenizer.eos_token_id, *(
-        vocab[w] for w in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>") if w in vocab)} - {None})
-
-
-class TransformersBackend:
-    def __init__(self, folder: Path, adapter_dir: Path | None, adapter_scale: float) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-        if adapter_dir is not None and adapter_scale != 0.0:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(adapter_dir))
-            if adapter_scale != 1.0:
-                for module in model.modules():
-                    if hasattr(module, "scaling") and isinstance(module.scaling, dict):
-                        module.scaling = {k: v * adapter_scale for k, v in module.scaling.items()}
-        self.model = model.eval()
-        self.stop_ids = stop_token_ids(self.tokenizer)
-
-    def stream(self, messages: list[dict], settings: Settings) -> Iterator[str]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
-        class StopRequested(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs) -> bool:
-                return settings.stop.is_set()
-
-        if self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                      tokenize=False)
-        else:
-            text = "\n".join(m["content"] for m in messages)
-        inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        torch.manual_seed(settings.seed)
-        sampling = settings.temperature > 0
-        kwargs = dict(**inputs, max_new_tokens=settings.max_tokens, do_sample=sampling,
-                      eos_token_id=self.stop_ids, pad_token_id=self.stop_ids[0], streamer=streamer,
-                      stopping_criteria=StoppingCriteriaList([StopRequested()]))
-        if sampling:
-            kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
-        worker = threading.Thread(target=self._generate, args=(kwargs,), daemon=True)
-        worker.start()
-        for piece in streamer:
-            if piece:
-                yield piece
-        worker.join()
-
-    def _generate(self, kwargs: dict) -> None:
-        import torch
-
-        with torch.no_grad():
-            self.model.generate(**kwargs)
-
-    def label_probs(self, prompt: str, words: list[str]) -> list[float]:
-        import torch
-
-        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        label_ids = [self.tokenizer.encode(w, add_special_tokens=False)[0] for w in words]
-        with torch.no_grad():
-            logits = self.model(ids).logits[0, -1]
-        return _softmax([float(logits[i]) for i in label_ids])
+from engine.api.errors import UserError
+from engine.data.dataset import render_prompt
+from engine.runtime.backend import Backend, Settings
 
 
 @dataclass
@@ -182,9 +50,9 @@ class Target:
 
 
 def resolve(model: str | None, adapter: Path | None, pte: Path | None = None) -> Target:
-    # engine.model imports torch: a mistyped path is reported before paying for that.
+    # engine.model.loading imports torch: a mistyped path is reported before paying for that.
     def resolve_reference(reference: str) -> str:
-        from engine.model import resolve_reference
+        from engine.model.loading import resolve_reference
 
         return resolve_reference(reference)
 
@@ -197,7 +65,7 @@ def resolve(model: str | None, adapter: Path | None, pte: Path | None = None) ->
         return Target(resolve_reference(model), adapter_gguf=adapter)
     if adapter is None and model is None and pte is not None:
         # An ExecuTorch export carries its base's name and the run's classification setup.
-        from engine.export.executorch import read_metadata
+        from engine.runtime.pte import read_metadata
 
         metadata = read_metadata(pte)
         return Target(metadata["base_model"], label_words=metadata["label_words"],
@@ -207,7 +75,7 @@ def resolve(model: str | None, adapter: Path | None, pte: Path | None = None) ->
             raise UserError("give a model (a .gguf file, a model folder or `default`) or "
                             "--adapter RUN_DIR")
         return Target(resolve_reference(model))
-    from engine import config as config_io
+    from engine.api import config as config_io
     from engine.export import run_folder
 
     config_path, adapter_dir = run_folder(adapter)
@@ -229,9 +97,9 @@ def _run_adapter_gguf(run_dir: Path, adapter_dir: Path) -> Path:
 
 def load_backend(target: Target, adapter_scale: float, seed: int, pte: Path | None) -> Backend:
     if pte is not None:
-        from engine.export import executorch
+        from engine.runtime.pte import PteBackend
 
-        return executorch.chat_backend(pte, target.model)
+        return PteBackend(pte)
     if target.model.endswith(".gguf"):
         if not Path(target.model).is_file():
             raise UserError(f"model file {target.model} not found; check the path")
@@ -240,11 +108,14 @@ def load_backend(target: Target, adapter_scale: float, seed: int, pte: Path | No
             adapter_gguf = None  # the base alone; llama.cpp gives identical logits (verified)
         elif adapter_gguf is None and target.run_dir is not None:
             adapter_gguf = _run_adapter_gguf(target.run_dir, target.adapter_dir)
+        from engine.runtime.llamacpp import LlamaCppBackend
+
         return LlamaCppBackend(Path(target.model), adapter_gguf, adapter_scale, seed)
     if target.adapter_gguf is not None:
         raise UserError(f"--adapter {target.adapter_gguf} is a GGUF adapter but the base "
                         f"{target.model} is not a GGUF file; give the run folder instead")
-    from engine.model import local_folder
+    from engine.model.loading import local_folder
+    from engine.runtime.hf import TransformersBackend
 
     return TransformersBackend(local_folder(target.model), target.adapter_dir, adapter_scale)
 
@@ -321,11 +192,11 @@ def _read_prompts() -> Iterator[str]:
 
 def _json_stream(args: argparse.Namespace, settings: Settings, argv: list[str]) -> int:
     from engine import __version__
-    from engine.cli import EXIT_INTERNAL, _reserve_stdout, _watch_stdin, failed
-    from engine.protocol import PROTOCOL_VERSION, EventWriter
+    from engine.api.protocol import PROTOCOL_VERSION, EventWriter
+    from engine.session import EXIT_INTERNAL, failed, reserve_stdout, watch_stdin
 
-    writer = EventWriter(_reserve_stdout(), uuid.uuid4().hex[:12])
-    _watch_stdin(settings.stop)
+    writer = EventWriter(reserve_stdout(), uuid.uuid4().hex[:12])
+    watch_stdin(settings.stop)
     writer.emit("hello", protocol=PROTOCOL_VERSION, engine_version=__version__, pid=os.getpid(),
                 argv=argv)
     started = time.perf_counter()

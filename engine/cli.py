@@ -16,14 +16,20 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from engine import __version__
-from engine.errors import UserError
-from engine.protocol import PROTOCOL_VERSION, STOP_COMMAND, EventWriter
+from engine.api.errors import UserError
+from engine.api.protocol import PROTOCOL_VERSION, EventWriter
+from engine.session import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    failed,
+    guarded,
+    reserve_stdout,
+    watch_stdin,
+)
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_STOPPED = 0, 1, 2, 130
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "resources" / "configs" / "demo.yaml"
 
 log = logging.getLogger("engine")
@@ -32,14 +38,15 @@ log = logging.getLogger("engine")
 # Subcommands that live in their own modules: name → (module, help). Each module has
 # `main(argv: list[str]) -> int` with its own argparse, and raises UserError for user mistakes.
 TOOLS = {
-    "inspect-dataset": ("engine.inspect", "detect a dataset's format and schema, preview rows"),
-    "probe": ("engine.probe", "describe a model: architecture, size, context, memory estimate"),
+    "inspect-dataset": ("engine.data.inspection", "detect a dataset's format and schema, preview rows"),
+    "probe": ("engine.model.probe", "describe a model: architecture, size, context, memory estimate"),
     "export": ("engine.export", "export a run: ExecuTorch .pte, GGUF adapter, merged model"),
     "chat": ("engine.chat", "chat with a base model (+ adapter), streaming"),
     "bench": ("engine.bench", "benchmarks: throughput, step time, memory, accuracy"),
-    "push": ("engine.phone", "push an exported folder to a connected Android phone"),
-    "make-tiny-model": ("engine.tiny_model", "write a tiny random-init model (tests, smoke checks)"),
-    "launch": ("engine.launch", "print the torchrun command and a SkyPilot task for a multi-machine run"),
+    "push": ("engine.deploy.push", "push an exported folder to a connected Android phone"),
+    "make-tiny-model": ("engine.model.tiny", "write a tiny random-init model (tests, smoke checks)"),
+    "launch": ("engine.train.launch",
+               "print the torchrun command and a SkyPilot task for a multi-machine run"),
 }
 
 
@@ -92,64 +99,9 @@ def run_tool(name: str, argv: list[str]) -> int:
     return guarded(lambda: importlib.import_module(TOOLS[name][0]).main(argv))
 
 
-def print_error(kind: str, message: str) -> None:
-    """How a terminal command says what ended it: one paragraph on stderr (and, for a bug, the
-    traceback above it: there is no log file to keep it in)."""
-    if kind == "internal":
-        traceback.print_exc(file=sys.stderr)
-    print(f"error: {message}", file=sys.stderr)
-
-
-def guarded(body: Callable[[], int | None],
-            report: Callable[[str, str], None] = print_error) -> int:
-    """`body()`'s exit code, or the error boundary's (`failed`) for what escaped it."""
-    try:
-        return int(body() or 0)
-    except (Exception, KeyboardInterrupt) as exc:
-        return failed(exc, report)
-
-
-def failed(exc: BaseException, report: Callable[[str, str], None]) -> int:
-    """The error boundary of every subcommand: the exit code for an exception that ended it, and
-    its one message through `report(kind, message)`. Call it from the `except` clause.
-
-    UserError (bad input, with what to do): kind "user", exit 2. Ctrl+C or SIGTERM (a command
-    that stops on it raises KeyboardInterrupt): exit 130, nothing to report. Anything else is a
-    bug: kind "internal", exit 1. The traceback goes to the log (the run's engine.log where one
-    is open), never into the message.
-    """
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_STOPPED
-    if isinstance(exc, UserError):
-        log.error("user error", exc_info=exc)
-        report("user", str(exc))
-        return EXIT_USER
-    log.error("internal error", exc_info=exc)
-    report("internal", f"internal error ({type(exc).__name__}: {exc})")
-    return EXIT_INTERNAL
-
-
-def _reserve_stdout():
-    """The protocol stream: a private copy of fd 1; fd 1 itself now points at stderr."""
-    sys.stdout.flush()
-    protocol_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = os.fdopen(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
-    return os.fdopen(protocol_fd, "w", buffering=1, encoding="utf-8")
-
-
-def _watch_stdin(stop: threading.Event) -> None:
-    def read() -> None:
-        for line in sys.stdin:
-            if line.strip() == STOP_COMMAND:
-                stop.set()
-                return
-    threading.Thread(target=read, name="stdin-commands", daemon=True).start()
-
-
 def train_command(args: argparse.Namespace, protocol: bool, argv: list[str]) -> int:
-    from engine import distributed
-    from engine.events import EventBus, ProtocolSink, TerminalSink
+    from engine.train import distributed
+    from engine.train.events import EventBus, ProtocolSink, TerminalSink
 
     # workers > 1: this process only launches them (torch.distributed.run) and waits.
     launched = distributed.enter(args, lambda: _load_config(args))
@@ -159,10 +111,10 @@ def train_command(args: argparse.Namespace, protocol: bool, argv: list[str]) -> 
     stop = threading.Event()
     bus = EventBus()
     if protocol:
-        writer = EventWriter(_reserve_stdout(), run_id)
+        writer = EventWriter(reserve_stdout(), run_id)
         bus.add(ProtocolSink(writer))
         if not sys.stdin.closed and sys.stdin is not None and not sys.stdin.isatty():
-            _watch_stdin(stop)
+            watch_stdin(stop)
     else:
         bus.add(TerminalSink(sys.stderr))
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -188,7 +140,7 @@ def train_command(args: argparse.Namespace, protocol: bool, argv: list[str]) -> 
         config = _load_config(args)
         output_dir = Path(config.output_dir)
         log_path = _open_log(output_dir)
-        from engine.trainer import Trainer
+        from engine.train.trainer import Trainer
 
         trainer = Trainer(config, bus, stop)
         try:
@@ -210,7 +162,7 @@ def train_command(args: argparse.Namespace, protocol: bool, argv: list[str]) -> 
 
 
 def _load_config(args: argparse.Namespace):
-    from engine import config as config_io
+    from engine.api import config as config_io
 
     if args.demo:
         overrides = [f"output_dir=runs/demo-{time.strftime('%Y%m%d-%H%M%S')}", *args.overrides]
@@ -227,7 +179,7 @@ def _load_config(args: argparse.Namespace):
 def _open_log(output_dir: Path) -> Path | None:
     """Full details (tracebacks included) go to OUTPUT_DIR/engine.log (worker-N.log for the
     other workers of a distributed run)."""
-    from engine.distributed import log_name
+    from engine.train.distributed import log_name
 
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -243,7 +195,7 @@ def _open_log(output_dir: Path) -> Path | None:
 
 
 def _plot(bus, output_dir: Path) -> None:
-    from engine.plot import plot_run
+    from engine.train.plot import plot_run
 
     path = plot_run(output_dir)
     if path is not None:

@@ -1,6 +1,6 @@
 """Shared fixtures: tiny random-init models written with save_pretrained, and small datasets.
 
-No network: the tiny model comes from engine.tiny_model (also `python -m engine make-tiny-model`,
+No network: the tiny model comes from engine.model.tiny (also `python -m engine make-tiny-model`,
 which the app's --smoke check uses), a 2-layer Llama with a BPE trained on the bundled demo data.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.tiny_model import make_tiny_llama
+from engine.model.tiny import make_tiny_llama
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "resources" / "datasets" / "reviews.jsonl"
@@ -106,7 +106,7 @@ def sft_data(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_config(tiny_model, classification_data, tmp_path):
     """A fast classification config on the tiny model; returns overrides → TrainConfig."""
-    from engine import config as config_io
+    from engine.api import config as config_io
 
     def make(*overrides: str):
         base = [

@@ -27,8 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from engine.events import read_history  # noqa: E402
-from engine.protocol import decode  # noqa: E402
+from engine.api.protocol import decode  # noqa: E402
+from engine.train.events import read_history  # noqa: E402
 
 # A run long enough to hold several checkpoints and evaluations between them.
 TRIAL_OVERRIDES = ["steps=12", "checkpoint_every=3", "eval_every=4", "keep_checkpoints=2"]
@@ -83,9 +83,9 @@ def train_in_process(args: list[str], resume: bool = False) -> list[tuple[str, d
     """The same run as `engine run ARGS` inside this process; returns its events."""
     from conftest import Recorder
 
-    from engine import config as config_io
-    from engine.events import EventBus
-    from engine.trainer import Trainer
+    from engine.api import config as config_io
+    from engine.train.events import EventBus
+    from engine.train.trainer import Trainer
 
     recorder = Recorder()
     trainer = Trainer(config_io.load(None, args), EventBus([recorder]))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from engine import config as config_io
+from engine.api import config as config_io
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

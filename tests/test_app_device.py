@@ -13,7 +13,7 @@ pytest.importorskip("pytestqt")
 from test_app import make_window  # noqa: E402, F401  (fresh settings; fails on leaked processes)
 
 from app.main_window import MainWindow  # noqa: E402
-from engine.errors import UserError  # noqa: E402
+from engine.api.errors import UserError  # noqa: E402
 
 PROBE_TIMEOUT_MS = 120_000
 
@@ -64,9 +64,9 @@ def test_memory_bar_sizes_a_long_sft_run_as_the_engine_does(make_window, qtbot, 
     pre-flight check computes, and a budget the bar refuses the engine refuses too."""
     from conftest import Recorder
 
-    from engine.estimate import estimate
-    from engine.events import EventBus
-    from engine.trainer import Trainer
+    from engine.api.estimate import estimate
+    from engine.train.events import EventBus
+    from engine.train.trainer import Trainer
 
     data = tmp_path / "long.jsonl"
     rows = [{"prompt": f"Question {i}:", "completion": " the answer is" + " yes" * 150}

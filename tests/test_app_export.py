@@ -16,7 +16,7 @@ from PySide6.QtCore import QProcess  # noqa: E402
 
 from app import export_panel  # noqa: E402
 from app.export_panel import KILL_AFTER_MS, ExportPanel  # noqa: E402
-from engine.export import FORMATS  # noqa: E402
+from engine.api.formats import FORMATS  # noqa: E402
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def panel(qtbot):
 def test_one_button_per_engine_format(panel):
     assert list(panel.buttons) == list(FORMATS)
     for fmt, button in panel.buttons.items():
-        assert button.isEnabled() and button.toolTip() == FORMATS[fmt][2]
+        assert button.isEnabled() and button.toolTip() == FORMATS[fmt].help
 
 
 def test_an_engine_that_cannot_start_ends_the_export(panel, qtbot, tmp_path, monkeypatch):

@@ -31,7 +31,7 @@ from test_app import ENGINE_TIMEOUT_MS, REPO, _drop, _fake_engine, _fill_tiny, m
 from test_bad_inputs import CASES, GOOD_ROWS, Ctx, _snapshot, ctx  # noqa: E402, F401
 
 from app.runs import read_metrics  # noqa: E402
-from engine import checkpoint  # noqa: E402
+from engine.train import checkpoint  # noqa: E402
 
 CASE = {c.id: c for c in CASES}
 

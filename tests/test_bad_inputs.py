@@ -26,9 +26,10 @@ from pathlib import Path
 import pytest
 from conftest import write_gguf
 
-from engine import config as config_io
-from engine.cli import EXIT_USER, main
-from engine.protocol import PROTOCOL_VERSION, ProtocolError, decode
+from engine.api import config as config_io
+from engine.api.protocol import PROTOCOL_VERSION, ProtocolError, decode
+from engine.cli import main
+from engine.session import EXIT_USER
 
 REPO = Path(__file__).resolve().parent.parent
 LABEL_WORDS = ("--label-words", '[" terrible", " great"]')
@@ -663,7 +664,7 @@ def test_a_sample_as_real_processes_shows_no_traceback(ctx, tmp_path):
             _check_message(err, bad.expect)
 
 
-# Every subcommand ends through the one error boundary (engine.cli.failed): real processes,
+# Every subcommand ends through the one error boundary (engine.session.failed): real processes,
 # each with one bad input. (id, argv, fragments the message must hold.)
 TOOL_CASES: list[tuple[str, Callable[[Ctx], list[str]], tuple[str, ...]]] = [
     ("inspect_label_words_not_json",

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from engine import lora
+from engine.api.errors import UserError
 from engine.bench import main
-from engine.errors import UserError
+from engine.train import lora
 from tests.conftest import DEMO_DATA, REPO
 
 

@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 from lora_runs import make_random_adapter, make_run
 
-from engine.chat import LlamaCppBackend, Settings, TransformersBackend, resolve
+from engine.api.protocol import decode
+from engine.chat import resolve
 from engine.cli import run_tool
-from engine.data import load_dataset
+from engine.data.dataset import load_dataset
 from engine.export import gguf as gguf_export
-from engine.protocol import decode
+from engine.runtime.backend import Settings
+from engine.runtime.hf import TransformersBackend
+from engine.runtime.llamacpp import LlamaCppBackend
 
 REPO = Path(__file__).resolve().parent.parent
 LABELS = [" terrible", " great"]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.data import find_eval_file, load_dataset, render_prompt, split
-from engine.errors import UserError
-from engine.inspect import inspect
+from engine.api.errors import UserError
+from engine.data.dataset import find_eval_file, load_dataset, render_prompt, split
+from engine.data.inspection import inspect
 
 REPO = Path(__file__).resolve().parent.parent
 

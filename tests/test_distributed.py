@@ -18,11 +18,11 @@ import torch
 import yaml
 from test_trainer import _train
 
-from engine import checkpoint, distributed
-from engine import config as config_io
-from engine.events import read_history
-from engine.launch import main as launch_main
-from engine.protocol import decode
+from engine.api import config as config_io
+from engine.api.protocol import decode
+from engine.train import checkpoint, distributed
+from engine.train.events import read_history
+from engine.train.launch import main as launch_main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -204,15 +204,15 @@ def test_launch_prints_the_multi_machine_torchrun_command_and_a_skypilot_task(ti
     task = yaml.safe_load(text[text.index("# SkyPilot"):])
     assert task["num_nodes"] == 4 and task["workdir"] == "."
     assert "--node-rank=$SKYPILOT_NODE_RANK" in task["run"] and f"train {path}" in task["run"]
-    from engine.errors import UserError
+    from engine.api.errors import UserError
 
     with pytest.raises(UserError, match="workers.*optimizer.q is 8"):
         launch_main([str(path), "--nodes", "5", "--workers-per-node", "2", "--print"])
 
 
 def test_workers_field_is_validated_and_free_on_resume(tiny_config):
-    from engine.errors import UserError
-    from engine.trainer import config_fingerprint
+    from engine.api.errors import UserError
+    from engine.train.trainer import config_fingerprint
 
     with pytest.raises(UserError, match='"workers" is 3 but optimizer.q is 2'):
         tiny_config("workers=3")

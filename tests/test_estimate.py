@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from engine import config as config_io
-from engine.estimate import Shape, estimate, forward_bytes, suggest
+from engine.api import config as config_io
+from engine.api.estimate import Shape, estimate, forward_bytes, suggest
 
 SMOLLM2 = Shape(hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, head_dim=64,
                 vocab=49152, tied_embeddings=True)
@@ -56,8 +56,8 @@ def wide_vocab_model(tmp_path_factory):
 
 def test_trainer_estimates_the_task_it_detected_and_the_data_completions(wide_vocab_model, sft_data,
                                                                          tmp_path):
-    from engine.events import EventBus
-    from engine.trainer import Trainer
+    from engine.train.events import EventBus
+    from engine.train.trainer import Trainer
 
     cfg = config_io.load(None, [f"model={wide_vocab_model}", f"dataset={sft_data}", "task=auto",
                                 f"output_dir={tmp_path / 'run'}", "max_seq_len=48", "batch_size=2",
@@ -82,7 +82,7 @@ def test_int8_base_trains_with_a_float32_adapter_and_a_smaller_estimate(tiny_con
     import torch
     from test_trainer import _train
 
-    from engine import estimate as est
+    from engine.api import estimate as est
 
     cfg = tiny_config("dtype=int8", "steps=3", "eval_every=0")
     result, recorder, trainer = _train(cfg)

@@ -22,14 +22,15 @@ import torch
 from conftest import REPO, Recorder
 from lora_runs import make_random_adapter, make_run
 
-from engine import config as config_io
-from engine.chat import Settings
+from engine.api import config as config_io
+from engine.api.errors import UserError
+from engine.api.protocol import decode
 from engine.cli import run_tool
-from engine.errors import UserError
-from engine.events import EventBus
 from engine.export import executorch as et
-from engine.protocol import decode
-from engine.trainer import Trainer
+from engine.runtime import pte
+from engine.runtime.backend import Settings
+from engine.train.events import EventBus
+from engine.train.trainer import Trainer
 
 LABELS = [" terrible", " great"]
 
@@ -149,7 +150,7 @@ def test_export_writes_a_verified_llm_runner_folder(exported, trained_run, cache
 def test_program_has_the_llm_runner_metadata_methods(exported):
     from executorch.runtime import Runtime
 
-    et.Program(exported).method  # noqa: B018 - registers the custom ops and loads the program
+    pte.Program(exported).method  # noqa: B018 - registers the custom ops and loads the program
     program = Runtime.get().load_program(str(exported / "model.pte"),
                                          data_path=str(exported / "foundation.ptd"))
     value = lambda name: program.load_method(name).execute([])[0]  # noqa: E731
@@ -162,7 +163,7 @@ def test_program_has_the_llm_runner_metadata_methods(exported):
 
 def test_kv_cache_logits_match_eager_with_the_adapter_at_every_position(exported, trained_run):
     model = _eager(trained_run)
-    program = et.Program(exported)
+    program = pte.Program(exported)
     ids = torch.randint(3, 500, (40,), generator=torch.Generator().manual_seed(0)).tolist()
     got = program.teacher_forced(ids, prefill=7)  # one 7-token prefill, then 33 one-token steps
     with torch.no_grad():
@@ -180,7 +181,7 @@ def test_text_llm_runner_generates_eager_greedy_tokens(exported, trained_run):
 
     tokenizer = AutoTokenizer.from_pretrained(str(exported))
     stop_ids = json.loads((exported / "metadata.json").read_text())["stop_token_ids"]
-    runner = et.Program(exported).runner()
+    runner = pte.Program(exported).runner()
     model = _eager(trained_run)
     compared = 0
     for prompt in ["Review: Works well.\nThe product was", "It was great", "Broke after a day"]:
@@ -188,7 +189,7 @@ def test_text_llm_runner_generates_eager_greedy_tokens(exported, trained_run):
                            stop_ids)
         whole = next((i for i, t in enumerate(expected) if "\ufffd" in tokenizer.decode([t])),
                      len(expected))
-        text = "".join(et.runner_generate(runner, prompt, 12, 0.0))
+        text = "".join(pte.runner_generate(runner, prompt, 12, 0.0))
         assert text == tokenizer.decode(expected[:whole], skip_special_tokens=True)
         compared += whole
     assert compared > 0
@@ -205,11 +206,11 @@ def test_single_file_layout_runs_without_a_data_file(single, exported):
     fp32 = json.loads((exported / "metadata.json").read_text())
     assert meta["program_bytes"] > fp32["program_bytes"] + 0.9 * fp32["data_bytes"]
     # A single file loads in TextLLMRunner by itself.
-    assert isinstance(et.runner_generate(et.Program(folder).runner(), "Hello", 4, 0.0), list)
+    assert isinstance(pte.runner_generate(pte.Program(folder).runner(), "Hello", 4, 0.0), list)
 
 
 def test_chat_pte_decodes_as_eager_greedy_with_tokens_per_second(exported, trained_run):
-    backend = et.chat_backend(exported, "unused")
+    backend = pte.PteBackend(exported)
     messages = [{"role": "user", "content": "The product was great and"}]
     prompt = backend.prompt_ids(messages)
     got = list(backend.generate_ids(prompt, Settings(temperature=0.0, max_tokens=12)))
@@ -235,7 +236,7 @@ def test_chat_pte_command_streams_label_probabilities_and_tokens(exported, train
     meta = json.loads((exported / "metadata.json").read_text())
     assert probs["words"] == LABELS
     model = _eager(trained_run)
-    tokenizer = et.PteBackend(exported).tokenizer
+    tokenizer = pte.PteBackend(exported).tokenizer
     prompt = meta["prompt_template"].replace("{text}", "Works well")
     label_ids = [tokenizer.encode(w, add_special_tokens=False)[0] for w in probs["words"]]
     with torch.no_grad():
@@ -335,7 +336,7 @@ def test_8da4w_reports_its_agreement_with_float32(trained_run, exported):
 @pytest.mark.slow
 def test_smollm2_export_runs_in_text_llm_runner(tmp_path):
     """SmolLM2-135M-Instruct (the bundled default) with a random adapter: minutes."""
-    from engine.model import local_folder, resolve_reference
+    from engine.model.loading import local_folder, resolve_reference
 
     adapter = make_random_adapter(_default_folder(local_folder, resolve_reference),
                                   tmp_path / "adapter", b_std=0.02, rank=8, alpha=16)
@@ -349,14 +350,14 @@ def test_smollm2_export_runs_in_text_llm_runner(tmp_path):
     assert report["max_abs_diff"] < 1e-3 and report["greedy_identical"] == 4
     assert report["runner_identical"] == 4 and report["runner_tokens"] > 20
     assert report["adapter_max_abs_change"] > 0.1
-    backend = et.chat_backend(folder, "")
+    backend = pte.PteBackend(folder)
     text = "".join(backend.stream([{"role": "user", "content": "What is the capital of France?"}],
                                   Settings(temperature=0.0, max_tokens=8)))
     assert text and backend.last_stats["decode_tokens_per_second"] > 0
 
 
 def _default_folder(local_folder, resolve_reference) -> Path:
-    from engine.model import gguf_to_folder
+    from engine.model.loading import gguf_to_folder
 
     reference = resolve_reference("default")
     return gguf_to_folder(Path(reference)) if reference.endswith(".gguf") else local_folder(reference)

@@ -15,9 +15,9 @@ import pytest
 import torch
 from test_trainer import _train
 
-from engine import config as config_io
-from engine.errors import UserError
-from engine.executorch_train.program import FOLDER
+from engine.api import config as config_io
+from engine.api.errors import UserError
+from engine.train.executorch.program import FOLDER
 
 # Both backends compute in float32 and differ only in the order of additions (XNNPACK's GEMM
 # tiling against MKL's). Measured on this test's runs (4 steps, threads 1 and 2, 4 runs each;

@@ -24,11 +24,11 @@ import pytest
 import torch
 from conftest import Recorder
 
-from engine import checkpoint
-from engine.errors import UserError
-from engine.events import EventBus, read_history
-from engine.protocol import decode
-from engine.trainer import NonFiniteLoss, Trainer
+from engine.api.errors import UserError
+from engine.api.protocol import decode
+from engine.train import checkpoint
+from engine.train.events import EventBus, read_history
+from engine.train.trainer import NonFiniteLoss, Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,7 +83,7 @@ def test_kill_before_the_first_checkpoint_says_so(tiny_config, tmp_path):
 
 
 def fault_trials_overrides(cfg) -> list[str]:
-    from engine import config as config_io
+    from engine.api import config as config_io
 
     flat = []
     for key, value in config_io.to_dict(cfg).items():
@@ -120,7 +120,7 @@ DAMAGE = {
 @pytest.fixture(scope="module")
 def three_checkpoints(tmp_path_factory, tiny_model, classification_data):
     """A run with checkpoints at steps 2, 4 and 6, and the losses of the same run to step 8."""
-    from engine import config as config_io
+    from engine.api import config as config_io
 
     root = tmp_path_factory.mktemp("torn")
 
@@ -391,7 +391,7 @@ def test_non_finite_loss_is_reported_and_the_last_good_checkpoint_kept(tmp_path,
     from conftest import make_tiny_llama
     from safetensors.torch import load_file, save_file
 
-    from engine import config as config_io
+    from engine.api import config as config_io
 
     model = make_tiny_llama(tmp_path / "model", tie_word_embeddings=False)
     from transformers import AutoTokenizer
@@ -462,7 +462,7 @@ class _TouchOnUnpickle:
 
 
 def test_pickled_weights_are_refused_and_their_code_never_runs(tiny_model, tmp_path):
-    from engine.model import load
+    from engine.model.loading import load
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model, folder)
@@ -478,9 +478,9 @@ def test_pickled_weights_are_refused_and_their_code_never_runs(tiny_model, tmp_p
 
 
 def test_trust_remote_code_when_configured_says_so(tiny_model, caplog):
-    from engine.model import load
+    from engine.model.loading import load
 
-    with caplog.at_level("WARNING", logger="engine.model"):
+    with caplog.at_level("WARNING", logger="engine.model.loading"):
         load(str(tiny_model), torch.device("cpu"), torch.float32, trust_remote_code=True)
     assert any("trust_remote_code is on" in r.getMessage() for r in caplog.records)
 
@@ -494,7 +494,7 @@ def test_no_shell_strings_in_subprocess_calls():
 
 
 def test_remote_code_is_off_unless_configured():
-    from engine.config import TrainConfig
+    from engine.api.config import TrainConfig
 
     assert TrainConfig().trust_remote_code is False
     for path, text in _sources("engine").items():

@@ -18,13 +18,13 @@ from lora_runs import make_random_adapter, make_run
 
 from engine.cli import run_tool
 from engine.export import gguf as gguf_export
-from engine.export import gguf_verify
+from engine.export import gguf_verify, gguf_writer
 
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tiny_model, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf"
-    gguf_export.write_model(tiny_model, path, "f32")
+    gguf_writer.write_model(tiny_model, path, "f32")
     return path
 
 
@@ -96,7 +96,7 @@ def test_q_and_k_rows_follow_llama_cpp_permutation(tiny_model, tiny_gguf, tmp_pa
     correlations = {}
     for permute in (True, False):
         path = tmp_path / f"qk-{permute}.gguf"
-        gguf_export.write_adapter(adapter_dir, hf_config, gguf_export.ArchSpec("llama", permute), path)
+        gguf_writer.write_adapter(adapter_dir, hf_config, gguf_writer.ArchSpec("llama", permute), path)
         cpp_adapted = gguf_verify.llama_logits(tiny_gguf, prompts, path)
         correlations[permute] = gguf_verify._compare(
             "adapter", cpp_base, cpp_adapted, torch_base, torch_adapted, gguf_verify.FLOAT_BASE
@@ -165,7 +165,7 @@ def test_gemma3_adapter_keeps_rows_in_order(tmp_path):
     adapter_dir = make_random_adapter(folder, tmp_path / "adapter")
     path = tmp_path / "gemma.gguf"
     hf_config = json.loads((folder / "config.json").read_text())
-    gguf_export.write_adapter(adapter_dir, hf_config, gguf_export.ARCHS[hf_config["model_type"]], path)
+    gguf_writer.write_adapter(adapter_dir, hf_config, gguf_writer.ARCHS[hf_config["model_type"]], path)
     reader = GGUFReader(str(path))
     assert reader.fields["general.architecture"].contents() == "gemma3"
     from safetensors.torch import load_file
@@ -189,7 +189,7 @@ def test_bad_run_folder_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_smollm2_q4_adapter_in_llama_cpp(tmp_path):
     """The real default model: Q4_1 GGUF in llama.cpp against its dequantised torch copy."""
-    from engine.model import default_model_path, local_folder
+    from engine.model.loading import default_model_path, local_folder
 
     folder = local_folder("default")
     # B drawn at a scale that moves the logits by about as much as a trained adapter does.

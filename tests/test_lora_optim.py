@@ -6,12 +6,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from engine import config as config_io
-from engine import lora
-from engine.config import LoraConfig, OptimizerConfig
-from engine.data import load_dataset
-from engine.objective import Objective
-from engine.optim import build, copies_needed
+from engine.api import config as config_io
+from engine.api.config import LoraConfig, OptimizerConfig
+from engine.data.dataset import load_dataset
+from engine.train import lora
+from engine.train.objective import Objective
+from engine.train.optim import build, copies_needed
 
 
 def _model(tiny_model, variant="lora-fa", copies=4, seed=0):
@@ -164,7 +164,7 @@ def test_fo_reduces_loss(tiny_model, classification_data, tiny_config):
 
 
 def test_config_defaults_validate_and_errors_name_the_field(tmp_path):
-    from engine.errors import UserError
+    from engine.api.errors import UserError
 
     config_io.validate(config_io.TrainConfig(model="m", dataset="d"))
     cases = {
@@ -265,7 +265,7 @@ def test_one_sided_rademacher_update_follows_the_estimator(tiny_model):
 
 
 def test_momentum_and_schedule(tiny_model):
-    from engine.optim.schedule import learning_rate
+    from engine.train.optim.schedule import learning_rate
 
     cfg = OptimizerConfig(q=1, momentum=0.9, lr=0.1, eps=1e-2)
     model, adapter = _model(tiny_model, copies=copies_needed(cfg))

@@ -13,13 +13,13 @@ import pytest
 import torch
 from conftest import write_gguf
 
-from engine import config as config_io
-from engine.config import ALL_PROJECTIONS
-from engine.errors import UserError
-from engine.estimate import Shape
-from engine.events import EventBus
-from engine.model import gguf_cache_folder, gguf_config, local_folder, read_gguf
-from engine.trainer import Trainer
+from engine.api import config as config_io
+from engine.api.config import ALL_PROJECTIONS
+from engine.api.errors import UserError
+from engine.api.estimate import Shape
+from engine.model.loading import gguf_cache_folder, gguf_config, local_folder, read_gguf
+from engine.train.events import EventBus
+from engine.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "resources" / "datasets" / "reviews.jsonl"
@@ -31,7 +31,7 @@ def test_gguf_of_a_supported_architecture_is_read_without_loading_weights(tmp_pa
 
 
 def test_gguf_metadata_gives_the_model_shape_without_conversion(tiny_model, tmp_path, monkeypatch):
-    from engine.export.gguf import write_model
+    from engine.export.gguf_writer import write_model
 
     monkeypatch.setenv("EDGETUNE_CACHE_DIR", str(tmp_path / "cache"))
     path = tmp_path / "tiny.gguf"
@@ -48,7 +48,7 @@ def test_gguf_metadata_gives_the_model_shape_without_conversion(tiny_model, tmp_
 def test_probe_describes_a_gguf_from_its_metadata_without_converting_it(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from engine.export.gguf import write_model
+    from engine.export.gguf_writer import write_model
 
     path = tmp_path / "tiny.gguf"
     write_model(tiny_model, path, "f16")
@@ -90,7 +90,7 @@ def test_gguf_of_an_unsupported_architecture_names_it_and_the_supported_ones(tmp
 def test_model_with_its_own_code_needs_trust_remote_code(tiny_model, tmp_path):
     import shutil
 
-    from engine.model import load
+    from engine.model.loading import load
 
     folder = shutil.copytree(tiny_model, tmp_path / "custom")
     config = json.loads((folder / "config.json").read_text())

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from engine import config as config_io
-from engine import device, profiles
-from engine.errors import UserError
-from engine.estimate import Shape, estimate, suggest
-from engine.model import local_folder
-from engine.probe import probe
+from engine.api import config as config_io
+from engine.api import profiles
+from engine.api.errors import UserError
+from engine.api.estimate import Shape, estimate, suggest
+from engine.model import device
+from engine.model.loading import local_folder
+from engine.model.probe import probe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,7 +38,7 @@ def test_model_reference_errors(tmp_path):
 def test_hub_id_offline_and_not_cached_says_so(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-c",
-                          "from engine.model import local_folder; local_folder('nobody/no-model')"],
+                          "from engine.model.loading import local_folder; local_folder('nobody/no-model')"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert "not in the Hugging Face cache and HF_HUB_OFFLINE is set" in out.stderr
 
@@ -90,8 +91,8 @@ def test_estimate_grows_with_q_batch_and_length_and_suggests_what_fits(tiny_mode
 
 
 def test_run_over_budget_is_refused_with_settings_that_fit(tiny_config):
-    from engine.events import EventBus
-    from engine.trainer import Trainer
+    from engine.train.events import EventBus
+    from engine.train.trainer import Trainer
 
     cfg = tiny_config("memory_budget_gb=0.2")
     trainer = Trainer(cfg, EventBus())
@@ -104,8 +105,8 @@ def test_measured_peak_is_within_15_percent_of_the_estimate(tiny_config, tiny_mo
     cfg = tiny_config("steps=3", "eval_every=0", "checkpoint_every=0", "optimizer.q=4", "batch_size=4")
     predicted = estimate(_shape(tiny_model), cfg).total_bytes
     script = (
-        "import sys; from engine import config, memory; from engine.events import EventBus;"
-        "from engine.trainer import Trainer;"
+        "import sys; from engine.api import config; from engine.model import memory; from engine.train.events import EventBus;"
+        "from engine.train.trainer import Trainer;"
         f"c = config.from_dict({config_io.to_dict(cfg)!r});"
         "t = Trainer(c, EventBus()); t.setup(False); t.train(); print(memory.peak_rss_bytes())"
     )
@@ -117,8 +118,8 @@ def test_measured_peak_is_within_15_percent_of_the_estimate(tiny_config, tiny_mo
 
 
 def test_memory_guard_checkpoints_and_stops(tiny_config):
-    from engine.events import EventBus
-    from engine.trainer import MemoryBudgetExceeded, Trainer
+    from engine.train.events import EventBus
+    from engine.train.trainer import MemoryBudgetExceeded, Trainer
 
     cfg = tiny_config("steps=20", "eval_every=0", "checkpoint_every=0", "memory_budget_gb=0.55")
     trainer = Trainer(cfg, EventBus())

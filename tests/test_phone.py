@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, needs_adb
 
-from engine import phone
-from engine.errors import UserError
+from engine.api.errors import UserError
+from engine.deploy import adb, push
 
 ADB_DATA = Path(__file__).parent / "data" / "adb"
 
@@ -54,7 +54,7 @@ def test_push_to_a_missing_device_reports_adbs_reason(own_adb_server, tmp_path):
     local.write_bytes(b"x" * 100)
     seen: list[int] = []
     with pytest.raises(UserError) as error:
-        phone.push_file("NOPE123", local, "/data/local/tmp/edgetune/x/model.pte", seen.append)
+        adb.push_file("NOPE123", local, "/data/local/tmp/edgetune/x/model.pte", seen.append)
     assert "could not push model.pte" in str(error.value)
     assert "device 'NOPE123' not found" in str(error.value)  # adb's own words, via the terminal
     assert seen == []
@@ -69,8 +69,8 @@ def test_missing_adb_names_the_package(export_dir):
 
 
 def test_device_list_parsing():
-    assert phone.parse_devices((ADB_DATA / "devices-none.txt").read_text()) == []
-    devices = phone.parse_devices((ADB_DATA / "devices-several.txt").read_text())
+    assert adb.parse_devices((ADB_DATA / "devices-none.txt").read_text()) == []
+    devices = adb.parse_devices((ADB_DATA / "devices-several.txt").read_text())
     assert [(d.serial, d.state, d.model, d.ready) for d in devices] == [
         ("0A1B2C3D4E5F", "device", "Pixel 4a", True),
         ("R58M12ABCDE", "unauthorized", "", False),
@@ -83,30 +83,30 @@ def test_device_list_parsing():
 
 
 def test_free_space_parsing():
-    assert phone.parse_free_bytes((ADB_DATA / "df.txt").read_text()) == 71179520 * 1024
-    assert phone.parse_free_bytes((ADB_DATA / "df-wrapped.txt").read_text()) == 17075488 * 1024
-    assert phone.parse_free_bytes("df: /data/local/tmp: Permission denied\n") is None
+    assert adb.parse_free_bytes((ADB_DATA / "df.txt").read_text()) == 71179520 * 1024
+    assert adb.parse_free_bytes((ADB_DATA / "df-wrapped.txt").read_text()) == 17075488 * 1024
+    assert adb.parse_free_bytes("df: /data/local/tmp: Permission denied\n") is None
 
 
 def test_choosing_a_device():
-    devices = phone.parse_devices((ADB_DATA / "devices-several.txt").read_text())
+    devices = adb.parse_devices((ADB_DATA / "devices-several.txt").read_text())
     with pytest.raises(UserError, match="no phone connected"):
-        phone.choose_device([], None)
+        adb.choose_device([], None)
     with pytest.raises(UserError) as several:
-        phone.choose_device(devices, None)
+        adb.choose_device(devices, None)
     assert "4 devices connected; pick one with --serial" in str(several.value)
     assert "0A1B2C3D4E5F  Pixel 4a" in str(several.value)
-    assert phone.choose_device(devices, "0A1B2C3D4E5F").serial == "0A1B2C3D4E5F"
-    assert phone.choose_device(devices[:1], None).serial == "0A1B2C3D4E5F"
+    assert adb.choose_device(devices, "0A1B2C3D4E5F").serial == "0A1B2C3D4E5F"
+    assert adb.choose_device(devices[:1], None).serial == "0A1B2C3D4E5F"
     with pytest.raises(UserError, match="--serial XYZ: no such device"):
-        phone.choose_device(devices, "XYZ")
+        adb.choose_device(devices, "XYZ")
     with pytest.raises(UserError, match="unauthorized: accept"):
-        phone.choose_device(devices, "R58M12ABCDE")
+        adb.choose_device(devices, "R58M12ABCDE")
 
 
 def test_progress_parsing_across_reads():
     raw = (ADB_DATA / "push-progress.txt").read_bytes()
-    parser = phone.ProgressParser()
+    parser = adb.ProgressParser()
     seen = []
     for start in range(0, len(raw), 37):  # reads split lines and escape codes anywhere
         seen += parser.feed(raw[start:start + 37])
@@ -117,44 +117,44 @@ def test_progress_parsing_across_reads():
 
 def test_commands_are_argument_lists_and_device_paths_are_plain():
     local = Path("/tmp/a b/model.pte")
-    assert phone.push_command("/usr/bin/adb", "0A1B", local, "/data/local/tmp/edgetune/x/model.pte") \
+    assert adb.push_command("/usr/bin/adb", "0A1B", local, "/data/local/tmp/edgetune/x/model.pte") \
         == ["/usr/bin/adb", "-s", "0A1B", "push", "/tmp/a b/model.pte",
             "/data/local/tmp/edgetune/x/model.pte"]
-    assert phone.device_path("/data/local/tmp/edgetune/my-model_1.0/") == \
+    assert adb.device_path("/data/local/tmp/edgetune/my-model_1.0/") == \
         "/data/local/tmp/edgetune/my-model_1.0"
     for bad in ("relative/path", "/data/x; rm -rf /", "/data/$(reboot)", "/data/../system",
                 "/data/a b"):
         with pytest.raises(UserError, match="--dest"):
-            phone.device_path(bad)
-    assert phone.default_dest(Path("/runs/run-7/export/executorch")) == \
+            adb.device_path(bad)
+    assert push.default_dest(Path("/runs/run-7/export/executorch")) == \
         "/data/local/tmp/edgetune/run-7-executorch"
-    assert phone.default_dest(Path("/somewhere/my export")) == "/data/local/tmp/edgetune/my_export"
+    assert push.default_dest(Path("/somewhere/my export")) == "/data/local/tmp/edgetune/my_export"
 
 
 def test_an_export_folder_is_required(tmp_path, export_dir):
     with pytest.raises(UserError, match="not an export folder"):
-        phone.export_files(tmp_path)
-    assert [p.name for p in phone.export_files(export_dir)] == \
+        push.export_files(tmp_path)
+    assert [p.name for p in push.export_files(export_dir)] == \
         ["metadata.json", "model.pte", "tokenizer.json"]
 
 
 def test_checksum_and_size_comparison():
-    sums = phone.parse_sha256sum(
+    sums = adb.parse_sha256sum(
         "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08  model.pte\n"
         "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae  ./metadata.json\n"
         "sha256sum: tokenizer.json: No such file or directory\n")
-    sizes = phone.parse_sizes("4 model.pte\n3 metadata.json\n"
+    sizes = adb.parse_sizes("4 model.pte\n3 metadata.json\n"
                               "stat: 'tokenizer.json': No such file or directory\n")
     assert sizes == {"model.pte": 4, "metadata.json": 3}
     local = {"model.pte": (4, "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"),
              "metadata.json": (3, "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae")}
-    assert phone.compare(local, sizes, sums) == []
+    assert push.compare(local, sizes, sums) == []
     local["tokenizer.json"] = (2, "0" * 64)
     local["metadata.json"] = (3, "1" * 64)
-    assert phone.compare(local, sizes, sums) == [
+    assert push.compare(local, sizes, sums) == [
         "metadata.json: sha256 differs (2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
         f" on the phone, {'1' * 64} here)",
         "tokenizer.json: missing on the phone",
     ]
-    assert phone.compare({"model.pte": (5, "x")}, sizes, sums) == [
+    assert push.compare({"model.pte": (5, "x")}, sizes, sums) == [
         "model.pte: 4 bytes on the phone, 5 here"]

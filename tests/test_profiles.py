@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from engine import profiles
-from engine.errors import UserError
+from engine.api import profiles
+from engine.api.errors import UserError
 
 
 def test_bundled_profiles_cover_cpu_cuda_and_mps_with_a_budget_each():

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import config as config_io
-from engine.events import EventBus
-from engine.trainer import Trainer
+from engine.api import config as config_io
+from engine.train.events import EventBus
+from engine.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 DEMO_DATA = Path(__file__).resolve().parent.parent / "resources" / "datasets" / "reviews.jsonl"
@@ -20,7 +20,7 @@ def test_prge_steps_on_smollm2_are_finite_and_the_adapter_loads(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from engine.model import local_folder
+    from engine.model.loading import local_folder
 
     cfg = config_io.load(None, [
         "model=default", f"dataset={DEMO_DATA}", "task=classification",

@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import Recorder
 
-from engine import config as config_io
-from engine.events import EventBus, read_history
-from engine.protocol import decode
-from engine.trainer import Trainer
+from engine.api import config as config_io
+from engine.api.protocol import decode
+from engine.train.events import EventBus, read_history
+from engine.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,7 +89,7 @@ def test_peft_round_trip_gives_the_engine_logits(tiny_config, tiny_model):
 
 
 def test_existing_run_is_refused_without_resume(tiny_config):
-    from engine.errors import UserError
+    from engine.api.errors import UserError
 
     cfg = tiny_config("steps=2", "eval_every=0")
     _train(cfg)
@@ -232,7 +232,7 @@ def test_early_stopping_keeps_the_best_evaluated_adapter(tiny_config):
     evaluations without a better score, and the adapter written is the best evaluated θ."""
     from safetensors.torch import load_file
 
-    from engine.trainer import eval_score
+    from engine.train.trainer import eval_score
 
     cfg = tiny_config("steps=400", "eval_every=2", "early_stopping_patience=2", "optimizer.lr=2.0",
                       "checkpoint_every=0")
@@ -244,7 +244,7 @@ def test_early_stopping_keeps_the_best_evaluated_adapter(tiny_config):
     # Stopped exactly `patience` evaluations after the best one.
     assert [e["step"] for e in evals].index(best["step"]) == len(evals) - 3
     saved = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
-    from engine import lora
+    from engine.train import lora
 
     expected = lora.adapter_weights(trainer.adapter, trainer.best_theta)
     assert saved.keys() == expected.keys()

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.engine_client import engine_command
-from engine.protocol import STOP_COMMAND, ProtocolError, decode
+from engine.api.protocol import STOP_COMMAND, ProtocolError, decode
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STOP_GRACE_MS = 3000  # after `stop`, how long the engine gets before it is terminated

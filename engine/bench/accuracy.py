@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.api.errors import UserError
 from engine.bench.common import REPO, environment, finish
-from engine.errors import UserError
 
 SST2 = REPO.parent / "shared" / "data" / "sst2" / "train.tsv"
 LABEL_WORDS = [" terrible", " great"]
@@ -97,9 +97,9 @@ class _Progress:
 def run_variant(variant: Variant, model: str, train: Path, held_out: Path, steps: int,
                 eval_every: int, threads: int, seed: int, folder: Path, common: list[str] = COMMON,
                 prompt: str = PROMPT, label_words: list[str] = LABEL_WORDS) -> dict:
-    from engine import config as config_io
-    from engine.events import EventBus
-    from engine.trainer import Trainer
+    from engine.api import config as config_io
+    from engine.train.events import EventBus
+    from engine.train.trainer import Trainer
 
     out = folder / f"{variant.name.replace(' ', '_').replace('=', '')}-seed{seed}"
     overrides = [*common, f"seed={seed}", *variant.overrides, f"model={model}", f"dataset={train}",

@@ -13,15 +13,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine import optim as engine_optim
+from engine.api.config import OptimizerConfig
 from engine.bench.common import environment, finish, interleaved
-from engine.bench.speed import LABEL_WORDS, _stepper, load, synthetic_batch
-from engine.config import OptimizerConfig
-from engine.objective import Objective
+from engine.bench.speed import LABEL_WORDS, load, stepper, synthetic_batch
+from engine.train import optim as engine_optim
+from engine.train.objective import Objective
 
 
 def run(reference: str, q: int, b: int, seq_len: int, reps: int, warmup: int, threads: int) -> dict:
-    from engine.executorch_train import program, runner
+    from engine.train.executorch import program, runner
 
     model, tokenizer = load(reference)
     objective = Objective(tokenizer, "classification", seq_len, LABEL_WORDS)
@@ -42,8 +42,8 @@ def run(reference: str, q: int, b: int, seq_len: int, reps: int, warmup: int, th
             program_losses = runner.ProgramLosses(path, spec, threads)
             return lambda n: program_losses(batch, adapter.store.copies[:n])
 
-        eager_step, eager_optimizer = _stepper(model, objective, batch, config)
-        program_step, program_optimizer = _stepper(model, objective, batch, config, losses_of=lowered)
+        eager_step, eager_optimizer = stepper(model, objective, batch, config)
+        program_step, program_optimizer = stepper(model, objective, batch, config, losses_of=lowered)
         timings = interleaved({"pytorch": eager_step, "executorch": program_step}, reps, warmup)
     med = {k: t.median_seconds for k, t in timings.items()}
     theta = eager_optimizer.theta

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
+from engine.api.errors import UserError
 from engine.bench.common import REPO
-from engine.errors import UserError
 
 FILES = ["lora.py", "optim/__init__.py", "optim/base.py", "optim/fo.py", "optim/mezo.py",
          "optim/prge.py"]
@@ -27,12 +27,16 @@ def load(revision: str) -> tuple[ModuleType, ModuleType]:
     package = "engine_at_" + re.sub(r"\W", "_", revision)
     root = Path(tempfile.mkdtemp(prefix="edgetune-baseline-"))
     for name in FILES:
-        shown = subprocess.run(["git", "-C", str(REPO), "show", f"{revision}:engine/{name}"],
-                               capture_output=True, text=True)
+        # engine/train/ since the layout by data flow; engine/ itself before.
+        for folder in ("engine/train", "engine"):
+            shown = subprocess.run(["git", "-C", str(REPO), "show", f"{revision}:{folder}/{name}"],
+                                   capture_output=True, text=True)
+            if not shown.returncode:
+                break
         if shown.returncode:
             raise UserError(f"--baseline {revision}: cannot read engine/{name} from git "
                             f"({shown.stderr.strip()}); pass a commit of this repository")
-        text = re.sub(r"\bengine\.(lora|optim)\b", rf"{package}.\1", shown.stdout)
+        text = re.sub(r"\bengine\.(?:train\.)?(lora|optim)\b", rf"{package}.\1", shown.stdout)
         target = root / package / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.api.errors import UserError
 from engine.bench.accuracy import Variant, run_variant, write_rows, write_split
 from engine.bench.common import REPO, environment, finish
-from engine.errors import UserError
 
 SHARED = REPO.parent / "shared" / "data"
 
@@ -132,10 +132,10 @@ def step_costs(model: str, task_name: str, data: Path | None, variants: list[str
     steps ran at different times, under different loads)."""
     import torch
 
-    from engine import config as config_io
+    from engine.api import config as config_io
     from engine.bench.common import interleaved
-    from engine.events import EventBus
-    from engine.trainer import Trainer
+    from engine.train.events import EventBus
+    from engine.train.trainer import Trainer
 
     task = TASKS[task_name]
     tsv = data or task.tsv

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         model = args.model
         if model == "tiny":
-            from engine.tiny_model import make_tiny_llama
+            from engine.model.tiny import make_tiny_llama
 
             model = str(make_tiny_llama(tmp / "tiny"))
         record = {"benchmark": "distributed", "model": model_label(args.model),

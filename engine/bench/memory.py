@@ -19,9 +19,9 @@ VARIANTS = ["inference", "prge dual", "prge single", "mezo", "fo"]
 
 def measure(reference: str, variant: str, q: int, b: int, seq_len: int, steps: int) -> dict:
     """In this process: load, run `variant` for `steps` steps (or forwards), read the peaks."""
-    from engine import memory
     from engine.bench.speed import LABEL_WORDS, load, variants_for
-    from engine.objective import Objective
+    from engine.model import memory
+    from engine.train.objective import Objective
 
     model, tokenizer = load(reference)
     loaded_rss = memory.rss_bytes()
@@ -61,8 +61,9 @@ def estimates(reference: str, q: int, b: int, seq_len: int, variants: list[str])
     """engine/estimate.py's predicted peak per optimiser, for the same shapes (None for `tiny`)."""
     if reference == "tiny":
         return None
-    from engine import estimate, model
-    from engine.config import OptimizerConfig, TrainConfig
+    from engine.api import estimate
+    from engine.api.config import OptimizerConfig, TrainConfig
+    from engine.model import loading as model
 
     config = json.loads((model.local_folder(reference) / "config.json").read_text(encoding="utf-8"))
     shape = estimate.Shape.from_config(config)

@@ -14,25 +14,26 @@ from pathlib import Path
 
 import torch
 
+from engine.api.errors import UserError
 from engine.bench.common import environment, finish, interleaved
-from engine.errors import UserError
 
 
 def run(run_dir: Path, lengths: list[int], reps: int, warmup: int, threads: int) -> dict:
-    from engine.executorch_train.runner import pin_threads
     from engine.export import executorch, run_folder
+    from engine.runtime import pte as pte_runtime
+    from engine.train.executorch.runner import pin_threads
 
     pte = run_dir / "export" / "executorch" / "model.pte"
     if not pte.is_file():
         raise UserError(f"{pte}: no exported program; run `python -m engine export {run_dir} "
                         "--format executorch` first")
-    max_seq_len = executorch.read_metadata(pte)["max_seq_len"]
+    max_seq_len = pte_runtime.read_metadata(pte)["max_seq_len"]
     if max(lengths) > max_seq_len:
         raise UserError(f"--lengths {max(lengths)} is longer than the program's max_seq_len "
                         f"{max_seq_len}")
     pin_threads(threads)
-    program = executorch.Program(pte)
-    loaded = executorch._load(*run_folder(run_dir))
+    program = pte_runtime.Program(pte)
+    loaded = executorch.load_run(*run_folder(run_dir))
     eager = loaded.adapted.merge_and_unload().eval()
     vocab = eager.config.vocab_size
     record = {"benchmark": "pte", "model": loaded.config.model, "run": str(run_dir),

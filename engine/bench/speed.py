@@ -11,12 +11,12 @@ import copy
 
 import torch
 
-from engine import lora as engine_lora
-from engine import model as models
-from engine import optim as engine_optim
+from engine.api.config import LoraConfig, OptimizerConfig
 from engine.bench.common import environment, finish, interleaved
-from engine.config import LoraConfig, OptimizerConfig
-from engine.objective import Batch, Objective
+from engine.model import loading as models
+from engine.train import lora as engine_lora
+from engine.train import optim as engine_optim
+from engine.train.objective import Batch, Objective
 
 LABEL_WORDS = [" terrible", " great"]
 # The shape of the test suite's tiny Llama (tests/conftest.py), with SmolLM2's tokenizer.
@@ -87,7 +87,7 @@ def _clone(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
 
 
-def _stepper(model, objective: Objective, batch: Batch, config: OptimizerConfig,
+def stepper(model, objective: Objective, batch: Batch, config: OptimizerConfig,
              implementation: tuple | None = None, losses_of=None):
     """(one optimiser step per call, its optimizer), on its own adapter over a weight-sharing
     clone of `model`; `implementation` is another revision's (lora, optim) modules
@@ -123,13 +123,13 @@ def variants_for(model, objective: Objective, vocab: int, q: int, b: int, seq_le
         "mezo": OptimizerConfig(name="mezo", q=q),
         "fo": OptimizerConfig(name="fo", q=q, lr=1e-3),
     }
-    runs = {name: _stepper(model, objective, batch, config)[0] for name, config in configs.items()
+    runs = {name: stepper(model, objective, batch, config)[0] for name, config in configs.items()
             if only in (None, name)}
     if baseline:
         revision, implementation = baseline
         for name in ("prge dual", "mezo"):
             if only in (None, name):
-                runs[f"{name} @{revision}"] = _stepper(model, objective, batch, configs[name],
+                runs[f"{name} @{revision}"] = stepper(model, objective, batch, configs[name],
                                                        implementation)[0]
     runs["forward 2qb"] = _forward(model, objective, synthetic_batch(2 * q * b, seq_len, vocab))
     runs["forward b"] = _forward(model, objective, batch)

@@ -9,48 +9,34 @@ The contract a format module follows (see FORMATS for which function serves whic
 - ``export(run_dir: Path, out: Path | None, **options) -> Path``: write the export and return
   the path of its main file (or folder). ``out=None`` means the default, a path inside
   ``run_dir/export/``. ``options`` are the format's own command-line options, by their argparse
-  ``dest`` name. Raise ``engine.errors.UserError`` for anything the user can fix.
+  ``dest`` name. Raise ``engine.api.errors.UserError`` for anything the user can fix.
 - ``add_arguments(parser: argparse.ArgumentParser, fmt: str) -> None`` (optional): add the
   format's own options to the export parser; ``fmt`` tells a module serving several formats
   which one is being parsed. Every option needs a default, so that calling ``export`` from
   Python without it works too.
 
 Progress and measurements go to stderr (logging); stdout gets one line, the exported path.
-Every file is written through ``write_atomic``: a full disk, a read-only folder or a stop
+Every file is written through ``engine.files.write_atomic``: a full disk, a read-only folder or a stop
 (SIGTERM, Ctrl+C) leaves the files already finished and nothing half-written.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
 import importlib
-import shutil
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from engine.errors import UserError
-
-# format → (module, function, help)
-FORMATS = {
-    "gguf": ("engine.export.gguf", "export",
-             "GGUF LoRA adapter for llama.cpp / LM Studio / Ollama, with an Ollama Modelfile"),
-    "merged-gguf": ("engine.export.gguf", "export_merged",
-                    "full GGUF model with the adapter merged in (Hugging Face folder bases, "
-                    "Llama family)"),
-    "executorch": ("engine.export.executorch", "export",
-                   "ExecuTorch .pte program for phones"),
-}
+from engine.api.errors import UserError
+from engine.api.formats import FORMATS
 
 
 def _parser(fmt: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m engine export",
         description="Export a training run for another runtime.",
-        epilog="formats: " + "; ".join(f"{name}: {spec[2]}" for name, spec in FORMATS.items()),
+        epilog="formats: " + "; ".join(f"{name}: {spec.help}" for name, spec in FORMATS.items()),
     )
     parser.add_argument("run_dir", type=Path, help="run folder (holds config.yaml and adapter/)")
     parser.add_argument("--format", dest="fmt", choices=sorted(FORMATS), required=True,
@@ -65,7 +51,7 @@ def _parser(fmt: str | None) -> argparse.ArgumentParser:
 
 
 def _format_module(fmt: str):
-    return importlib.import_module(FORMATS[fmt][0])
+    return importlib.import_module(FORMATS[fmt].module)
 
 
 def main(argv: list[str]) -> int:
@@ -75,7 +61,7 @@ def main(argv: list[str]) -> int:
     fmt = probe.parse_known_args(argv)[0].fmt
     args = _parser(fmt if fmt in FORMATS else None).parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k not in ("run_dir", "fmt", "out")}
-    export = getattr(_format_module(args.fmt), FORMATS[args.fmt][1])
+    export = getattr(_format_module(args.fmt), FORMATS[args.fmt].function)
     signal.signal(signal.SIGTERM, _stop)
     try:
         path = export(args.run_dir, args.out, **options)
@@ -94,35 +80,6 @@ def _stop(_signum, _frame) -> None:
     # SIGTERM (the app's stop, a service manager) unwinds like Ctrl+C, so write_atomic can
     # remove its partial file; the CLI turns KeyboardInterrupt into exit code 130.
     raise KeyboardInterrupt
-
-
-def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
-    """`write(partial)` then rename to `path`: a reader never sees half a file, and a write that
-    fails (disk full, read-only folder) or is stopped leaves no partial file behind."""
-    partial = path.with_name(path.name + ".partial")
-    try:
-        write(partial)
-        partial.replace(path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise UserError(f"cannot write {path}: {_write_failure(exc, path.parent)}; free disk "
-                            "space or pick a writable folder with --out (files finished before "
-                            "are kept)") from exc
-        raise
-    return path
-
-
-def _write_failure(exc: OSError, folder: Path) -> str:
-    # numpy's tofile reports a full disk as a short write without an errno.
-    if exc.errno not in (errno.ENOSPC, None):
-        return exc.strerror or str(exc)
-    try:
-        free = f" ({shutil.disk_usage(folder).free / 2**20:.1f} MiB free)"
-    except OSError:
-        free = ""
-    return f"the disk is full{free}"
 
 
 def run_folder(run_dir: Path) -> tuple[Path, Path]:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.errors import UserError
+from engine.api.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def _float_base_check(adapter_gguf: Path, torch_folder: Path, prompts: list[list
     """The adapter on an f16 GGUF of the dequantised base: the same weights torch uses."""
     import tempfile
 
-    from engine.export.gguf import write_model
+    from engine.export.gguf_writer import write_model
 
     with tempfile.TemporaryDirectory(prefix="edgetune-verify-") as tmp:
         base = Path(tmp) / "base-f16.gguf"

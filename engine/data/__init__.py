@@ -1,0 +1,1 @@
+"""Datasets: reading files, detecting their schema, turning rows into training examples."""

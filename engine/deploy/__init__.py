@@ -1,0 +1,1 @@
+"""Getting an export onto a device: adb to an Android phone."""

@@ -1,0 +1,1 @@
+"""Base models: finding and loading them, the device they run on, memory they take, probing."""

@@ -1,0 +1,1 @@
+"""Training: the recipe (trainer), its objective, LoRA, optimisers, checkpoints, events, workers."""
