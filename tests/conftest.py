@@ -6,11 +6,14 @@ which the app's --smoke check uses), a 2-layer Llama with a BPE trained on the b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -129,3 +132,147 @@ def tiny_config(tiny_model, classification_data, tmp_path):
         return config_io.load(None, base + list(overrides))
 
     return make
+
+
+ENGINE_TIMEOUT_MS = 120_000  # the window's tests wait this long for an engine process
+WORKER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def train(cfg, resume: bool = False, sinks=()):
+    """Train `cfg` in this process: (RunResult, the Recorder of its events, the Trainer)."""
+    from engine.train.events import EventBus
+    from engine.train.trainer import Trainer
+
+    recorder = Recorder()
+    trainer = Trainer(cfg, EventBus([recorder, *sinks]))
+    try:
+        trainer.setup(resume=resume)
+        result = trainer.train()
+    finally:
+        trainer.cleanup()
+    return result, recorder, trainer
+
+
+def train_tiny_run(model: Path, data: Path, out: Path) -> Path:
+    """A finished 3-step classification run of `model` on `data` in `out`."""
+    from engine.api import config as config_io
+
+    cfg = config_io.load(None, [
+        f"model={model}", f"dataset={data}", "task=classification",
+        "label_words=[' terrible', ' great']", f"output_dir={out}", "steps=3", "batch_size=2",
+        "max_seq_len=48", "eval_every=3", "eval_rows=8", "threads=1", "optimizer.q=2",
+        "optimizer.lr=0.05", "lora.rank=4"])
+    assert train(cfg)[0].status == "completed"
+    return out
+
+
+def engine_process(args: list[str], worker_env: dict | None = None, **popen) -> subprocess.Popen:
+    """`python -m engine ARGS` as a real process (pipes on stdin/stdout/stderr, text mode);
+    `worker_env` makes it one worker of a torch.distributed run."""
+    env = {k: v for k, v in os.environ.items() if k not in WORKER_VARIABLES}
+    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", **(worker_env or {}))
+    return subprocess.Popen([sys.executable, "-m", "engine", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True, env=env,
+                            cwd=REPO, **popen)
+
+
+@pytest.fixture
+def ctx(tmp_path, tiny_model):
+    """A bad-input case's folder with the good inputs (tests/bad_inputs.py)."""
+    from bad_inputs import GOOD_ROWS, Ctx
+
+    data = tmp_path / "inputs" / "good.jsonl"
+    data.parent.mkdir()
+    data.write_text("".join(json.dumps(r) + "\n" for r in GOOD_ROWS))
+    case_dir = tmp_path / "case"
+    case_dir.mkdir()
+    return Ctx(case_dir, tiny_model, data)
+
+
+# ---- the window -----------------------------------------------------------------------------
+
+def _child_processes(window) -> list:
+    from PySide6.QtCore import QProcess
+
+    return [p for p in window.findChildren(QProcess) if p.state() != QProcess.ProcessState.NotRunning]
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path):
+    windows = []
+
+    def make(**kwargs):
+        from PySide6.QtCore import QSettings
+
+        from app.main_window import MainWindow
+
+        settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+        window = MainWindow(settings=settings, runs_root=tmp_path / "runs", **kwargs)
+        qtbot.addWidget(window)
+        window.show()
+        windows.append(window)
+        return window
+
+    yield make
+    for window in windows:
+        # Let a pending inspection or probe end on its own, and the processes a test killed be
+        # reaped (that takes a turn of the event loop); anything else still running is a leak.
+        for tool in (window.preview.inspection, window.model_probe):
+            if tool.is_running():
+                qtbot.waitSignal(tool.sig_answered, timeout=60_000).wait()
+        with contextlib.suppress(qtbot.TimeoutError):
+            qtbot.waitUntil(lambda w=window: not _child_processes(w), timeout=3000)
+        running = _child_processes(window)
+        window.shutdown()
+        leaked = [" ".join([p.program(), *p.arguments()]) for p in running]
+        assert not leaked, f"processes left running: {leaked}"
+
+
+def fill_tiny(window, model: Path, data: Path, **fields) -> None:
+    window.model_edit.setText(str(model))
+    window.dataset_edit.setText(str(data))
+    values = {"task": "classification", "steps": 4, "threads": 1, "eval_every": 2,
+              "checkpoint_every": 0, "batch_size": 2, "max_seq_len": 48, "optimizer.q": 2,
+              "lora.rank": 4, "label_words": '[" terrible", " great"]', "seed": 0}
+    values.update(fields)
+    form = window.form
+    for name, value in values.items():
+        widget = form.widgets[name]
+        if hasattr(widget, "setCurrentText"):
+            widget.setCurrentText(str(value))
+        elif hasattr(widget, "setValue"):
+            widget.setValue(int(value))
+        else:
+            widget.setText(str(value))
+    # eval_rows is not on the form; a small eval keeps the test fast.
+    window.form.base.eval_rows = 16
+
+
+def fake_engine(tmp_path: Path, name: str, body: str) -> list[str]:
+    script = tmp_path / f"{name}.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys, time
+        def event(seq, type, **data):
+            print(json.dumps({"v": 1, "seq": seq, "time": time.time(), "run_id": "fake",
+                              "type": type, "data": data}), flush=True)
+        event(0, "hello", protocol=1)
+    """) + textwrap.dedent(body))
+    return [sys.executable, str(script)]
+
+
+def drop_file(widget, path: Path):
+    """Drag `path` onto `widget` and drop it there, as a file manager does; the drop event."""
+    from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+    from PySide6.QtWidgets import QApplication
+
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    enter = QDragEnterEvent(QPoint(5, 5), Qt.DropAction.CopyAction, mime,
+                            Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(widget, enter)
+    assert enter.isAccepted()
+    drop = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime,
+                      Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(widget, drop)
+    return drop

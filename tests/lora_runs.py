@@ -43,3 +43,12 @@ def make_run(run_dir: Path, model: str | Path, adapter_source: Path, **config) -
                    run_dir / "config.yaml")
     shutil.copytree(adapter_source, run_dir / "adapter", dirs_exist_ok=True)
     return run_dir
+
+
+def classification_run(folder: Path, model: Path | str, adapter: Path, data: Path,
+                       label_words: tuple[str, ...] = (" terrible", " great"), **config) -> Path:
+    """A finished classification run folder: `make_run` with the task and its data."""
+    run = make_run(folder, model, adapter)
+    config_io.save(config_io.TrainConfig(model=str(model), dataset=str(data), task="classification",
+                                         label_words=list(label_words), **config), run / "config.yaml")
+    return run

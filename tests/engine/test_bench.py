@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import DEMO_DATA, REPO
 
 from engine.api.errors import UserError
 from engine.bench import main
 from engine.train import lora
-from tests.conftest import DEMO_DATA, REPO
 
 
 def _finite_positive(timing: dict) -> None:

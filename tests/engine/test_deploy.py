@@ -19,9 +19,9 @@ from conftest import REPO, needs_adb
 from engine.api.errors import UserError
 from engine.deploy import adb, push
 
-ADB_DATA = Path(__file__).parent / "data" / "adb"
+ADB_DATA = REPO / "tests" / "data" / "adb"
 
-def _engine(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def _push(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "engine", "push", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -38,11 +38,11 @@ def export_dir(tmp_path) -> Path:
 
 @needs_adb
 def test_no_phone_is_said_plainly_by_list_and_push(own_adb_server, export_dir):
-    listed = _engine("--list", env=own_adb_server)
+    listed = _push("--list", env=own_adb_server)
     assert listed.returncode == 0 and "no phone connected" in listed.stdout
-    as_json = _engine("--list", "--json", env=own_adb_server)
+    as_json = _push("--list", "--json", env=own_adb_server)
     assert as_json.returncode == 0 and json.loads(as_json.stdout) == {"devices": []}
-    pushed = _engine(str(export_dir), env=own_adb_server)
+    pushed = _push(str(export_dir), env=own_adb_server)
     assert pushed.returncode == 2
     assert "error: no phone connected" in pushed.stderr and "USB debugging" in pushed.stderr
     assert "Traceback" not in pushed.stderr
@@ -63,7 +63,7 @@ def test_push_to_a_missing_device_reports_adbs_reason(own_adb_server, tmp_path):
 def test_missing_adb_names_the_package(export_dir):
     env = dict(os.environ, PATH=str(export_dir))  # a PATH without adb
     for args in (["--list"], [str(export_dir)]):
-        result = _engine(*args, env=env)
+        result = _push(*args, env=env)
         assert result.returncode == 2
         assert "apt install adb" in result.stderr and "platform tools" in result.stderr
 

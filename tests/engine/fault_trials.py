@@ -1,12 +1,12 @@
 """Kill -9 at a random point of a run, resume, compare with the uninterrupted run.
 
-    .venv/bin/python tests/fault_trials.py --trials 10 [--seed 0]
+    .venv/bin/python tests/engine/fault_trials.py --trials 10 [--seed 0]
 
-Each trial starts `python -m engine run … --protocol`, kills it with SIGKILL as soon as a seeded
+Each trial starts `python -m engine train … --protocol`, kills it with SIGKILL as soon as a seeded
 random event of the stream arrives (after a step, while evaluating, while a checkpoint is being
 written…), resumes with `--resume` until the run completes, and compares the resumed folder's
 metrics.jsonl with an uninterrupted run's: every step's loss and every evaluation, bit for bit.
-The default test suite runs two trials (tests/test_faults.py); docs/reliability.md records a
+The default test suite runs two trials (tests/engine/test_faults.py); docs/reliability.md records a
 full run of this script.
 """
 
@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# As a script: the repository (engine/) and tests/ (conftest's helpers) on the path.
+sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
+
+from conftest import DEMO_DATA, Recorder, engine_process, make_tiny_llama  # noqa: E402
 
 from engine.api.protocol import decode  # noqa: E402
 from engine.train.events import read_history  # noqa: E402
@@ -43,13 +43,6 @@ def base_overrides(model: Path, dataset: Path, output_dir: Path) -> list[str]:
     ]
 
 
-def engine(args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
-    return subprocess.Popen([sys.executable, "-m", "engine", "run", *args, "--protocol"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
-                            text=True, env=env, cwd=REPO)
-
-
 def trajectory(output_dir: Path) -> list[tuple]:
     """What a user keeps of a run: the loss of every step and every evaluation, in order."""
     keep = []
@@ -62,7 +55,7 @@ def trajectory(output_dir: Path) -> list[tuple]:
 
 
 def run_to_end(args: list[str]) -> list:
-    proc = engine(args)
+    proc = engine_process(["train", *args, "--protocol"])
     out, err = proc.communicate(timeout=600)
     events = [decode(line) for line in out.splitlines()]
     if proc.returncode != 0 or events[-1].data.get("status") != "completed":
@@ -81,7 +74,6 @@ class Reference:
 
 def train_in_process(args: list[str], resume: bool = False) -> list[tuple[str, dict]]:
     """The same run as `engine run ARGS` inside this process; returns its events."""
-    from conftest import Recorder
 
     from engine.api import config as config_io
     from engine.train.events import EventBus
@@ -123,7 +115,7 @@ def trial(seed: int, model: Path, dataset: Path, output_dir: Path, ref: Referenc
     # engine says so (tested in test_faults.py).
     kill_seq = random.Random(seed).randrange(ref.first_checkpoint_seq, ref.done_seq)
     args = base_overrides(model, dataset, output_dir)
-    proc = engine(args)
+    proc = engine_process(["train", *args, "--protocol"])
     last = "nothing"
     for line in proc.stdout:
         event = decode(line)
@@ -149,7 +141,6 @@ def trial(seed: int, model: Path, dataset: Path, output_dir: Path, ref: Referenc
 
 def prepare_inputs(folder: Path) -> tuple[Path, Path]:
     """The tiny model and sentiment rows of the test fixtures."""
-    from conftest import DEMO_DATA, make_tiny_llama
 
     model = make_tiny_llama(folder / "tiny-llama")
     dataset = folder / "sentiment.jsonl"

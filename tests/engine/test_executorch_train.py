@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer import _train
+from conftest import train
 
 from engine.api import config as config_io
 from engine.api.errors import UserError
@@ -38,11 +38,11 @@ def program_cache(tmp_path_factory) -> Path:
 
 
 def _train_cached(cfg, cache: Path, resume: bool = False):
-    """_train, with the run folder seeded from (and the cache filled from) lowered programs."""
+    """train, with the run folder seeded from (and the cache filled from) lowered programs."""
     folder = Path(cfg.output_dir) / FOLDER
     if cfg.backend == "executorch" and not resume:
         shutil.copytree(cache, folder, dirs_exist_ok=True)
-    outcome = _train(cfg, resume=resume)
+    outcome = train(cfg, resume=resume)
     if cfg.backend == "executorch":
         shutil.copytree(folder, cache, dirs_exist_ok=True)
     return outcome

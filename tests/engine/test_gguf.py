@@ -184,24 +184,3 @@ def test_bad_run_folder_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "half" / "config.yaml").write_text("model: default\n")
     assert run_tool("export", [str(tmp_path / "half"), "--format", "merged-gguf"]) == 2
     assert "adapter_config.json" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_smollm2_q4_adapter_in_llama_cpp(tmp_path):
-    """The real default model: Q4_1 GGUF in llama.cpp against its dequantised torch copy."""
-    from engine.model.loading import default_model_path, local_folder
-
-    folder = local_folder("default")
-    # B drawn at a scale that moves the logits by about as much as a trained adapter does.
-    adapter_dir = make_random_adapter(folder, tmp_path / "adapter", b_std=0.02, rank=8, alpha=16)
-    run = make_run(tmp_path / "run", "default", adapter_dir)
-    started = time.perf_counter()
-    gguf_export.export(run, None, verify=False)
-    export_seconds = time.perf_counter() - started
-    report = gguf_verify.verify_adapter(default_model_path(), run / "export" / "adapter.gguf",
-                                        folder, adapter_dir)
-    print(f"\nSmolLM2 adapter export {export_seconds:.2f} s; {report.to_json()}")
-    assert report.scale0_exact
-    assert report.delta_correlation >= gguf_verify.QUANTISED_BASE.min_delta_correlation
-    assert report.top1_agreement >= gguf_verify.QUANTISED_BASE.min_top1_agreement
-    assert report.float_base["delta_correlation"] >= gguf_verify.FLOAT_BASE.min_delta_correlation

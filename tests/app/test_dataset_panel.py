@@ -1,13 +1,12 @@
 """The dataset panel with a known model: token counts, and the schema override."""
-# ruff: noqa: F811  (test_app's make_window fixture is imported, then named by each test)
 
 from __future__ import annotations
 
 import pytest
+from conftest import drop_file
 
 pytest.importorskip("pytestqt")
 
-from test_app import _drop, make_window  # noqa: E402, F401  (fresh settings; fails on leaks)
 
 TIMEOUT_MS = 120_000
 
@@ -19,7 +18,7 @@ def test_schema_override_and_token_counts(make_window, qtbot, tiny_model, classi
         window.model_edit.setText(str(tiny_model))
         window.model_edit.editingFinished.emit()
     with qtbot.waitSignal(window.preview.sig_inspected, timeout=TIMEOUT_MS) as inspected:
-        _drop(window.drop_zone, classification_data)
+        drop_file(window.drop_zone, classification_data)
     result = inspected.args[0]
     assert result["schema"] == "classification" and not result["errors"]
     tokens = result["token_lengths"]  # counted with the tiny model's tokenizer

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_adb
+from conftest import needs_adb, train_tiny_run
 
 pytest.importorskip("pytestqt")
 
@@ -122,9 +122,8 @@ def test_refresh_with_no_phone_keeps_push_disabled(panel, qtbot, own_adb_server)
 def test_executorch_export_shows_stages_and_verification(panel, qtbot, tiny_model,
                                                          classification_data, tmp_path,
                                                          own_adb_server):
-    from test_executorch import _train_run
 
-    run = _train_run(tiny_model, classification_data, tmp_path / "run")
+    run = train_tiny_run(tiny_model, classification_data, tmp_path / "run")
     panel.set_run(run)
     stages = []
     panel.busy.valueChanged.connect(lambda value: stages.append((value, panel.busy.format())))

@@ -6,7 +6,6 @@ model typed into the model field (probe), a config picked with Load…, a run fo
 the Runs tab, settings started with Start. Each must show a message naming the file/line/field,
 no traceback, and change no file. Then the engine dying, hanging or flooding, and a stopped export.
 """
-# ruff: noqa: F811  (make_window and ctx fixtures are imported, then named by each test)
 
 from __future__ import annotations
 
@@ -20,15 +19,15 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ENGINE_TIMEOUT_MS, REPO, drop_file, fake_engine, fill_tiny
 
 pytest.importorskip("pytestqt")
 
 import yaml  # noqa: E402
+from bad_inputs import CASES, GOOD_ROWS, Ctx, snapshot
 from PySide6.QtCore import QProcess, Qt, QTimer  # noqa: E402
 from PySide6.QtGui import QTextDocument  # noqa: E402
 from PySide6.QtWidgets import QFileDialog, QPushButton  # noqa: E402
-from test_app import ENGINE_TIMEOUT_MS, REPO, _drop, _fake_engine, _fill_tiny, make_window  # noqa: E402, F401
-from test_bad_inputs import CASES, GOOD_ROWS, Ctx, _snapshot, ctx  # noqa: E402, F401
 
 from app.runs import read_metrics  # noqa: E402
 from engine.train import checkpoint  # noqa: E402
@@ -61,13 +60,13 @@ def test_bad_datasets_dropped_on_the_window_name_file_and_line(make_window, qtbo
     for name in DATASET_SAMPLE:
         case = CASE[name]
         path = case.build.make_dataset(ctx)
-        before = _snapshot(ctx.dir)
+        before = snapshot(ctx.dir)
         with qtbot.waitSignal(window.preview.sig_inspected, timeout=60_000) as inspected:
-            _drop(window.drop_zone, path)
+            drop_file(window.drop_zone, path)
         assert inspected.args[0]["errors"], name
         _check_shown(_plain(window.preview.summary.text()),
                      tuple(f for f in case.expect if f != "skip_bad_rows"))
-        assert _snapshot(ctx.dir) == before, name
+        assert snapshot(ctx.dir) == before, name
 
 
 MODEL_SAMPLE = ["model_folder_without_config", "gguf_truncated",
@@ -80,13 +79,13 @@ def test_bad_models_typed_into_the_window_are_named_by_the_probe(make_window, qt
     for name in MODEL_SAMPLE:
         case = CASE[name]
         reference = next(a.split("=", 1)[1] for a in case.build(ctx) if a.startswith("model="))
-        before = _snapshot(ctx.dir)
+        before = snapshot(ctx.dir)
         window.model_edit.clear()
         qtbot.keyClicks(window.model_edit, reference)
         with qtbot.waitSignal(window.model_probe.sig_answered, timeout=ENGINE_TIMEOUT_MS):
             qtbot.keyClick(window.model_edit, Qt.Key.Key_Return)
         _check_shown(_plain(window.model_summary.text()), case.expect)
-        assert _snapshot(ctx.dir) == before, name
+        assert snapshot(ctx.dir) == before, name
 
 
 CONFIG_SAMPLE = ["unknown_key", "negative_lr", "q_zero", "eps_zero", "steps_not_a_number",
@@ -117,7 +116,7 @@ def test_bad_configs_loaded_in_the_window_name_the_field(make_window, ctx, monke
     form_before = window.form.config()
     for name in CONFIG_SAMPLE:
         path = _as_yaml_file(ctx, CASE[name].build(ctx))
-        before = _snapshot(ctx.dir)
+        before = snapshot(ctx.dir)
         monkeypatch.setattr(QFileDialog, "getOpenFileName",
                             staticmethod(lambda *args, p=path: (str(p), "YAML (*.yaml *.yml)")))
         load.click()
@@ -125,7 +124,7 @@ def test_bad_configs_loaded_in_the_window_name_the_field(make_window, ctx, monke
         assert box is not None and box.isVisible() and box.windowTitle() == "Config not loaded"
         _check_shown(box.text(), CASE[name].expect)
         box.close()
-        assert _snapshot(ctx.dir) == before, name
+        assert snapshot(ctx.dir) == before, name
     assert window.form.config() == form_before  # a refused file changes no setting
     assert window.model_edit.text() == ""
 
@@ -134,7 +133,7 @@ def test_settings_the_engine_refuses_are_named_after_start(make_window, qtbot, t
     """max_seq_len beyond the model's context: only the engine knows the model; the window shows
     its error event, and the engine's log file holds the traceback the window does not show."""
     window = make_window()
-    _fill_tiny(window, tiny_model, ctx.data, max_seq_len=1024)
+    fill_tiny(window, tiny_model, ctx.data, max_seq_len=1024)
     with qtbot.waitSignal(window.sig_run_finished, timeout=ENGINE_TIMEOUT_MS) as finished:
         window.start()
     assert finished.args == ["failed"]
@@ -153,7 +152,7 @@ def test_foreign_run_folders_resumed_from_the_runs_tab_are_named(make_window, qt
     data = tmp_path / "good.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in GOOD_ROWS))
     CASE[name].build(Ctx(runs, tiny_model, data))  # writes runs/run as that version left it
-    before = _snapshot(runs / "run")
+    before = snapshot(runs / "run")
     window = make_window()
     assert window.runs_list.count() == 1 and "[stopped]" in window.runs_list.item(0).text()
     window.runs_list.item(0).setSelected(True)
@@ -161,7 +160,7 @@ def test_foreign_run_folders_resumed_from_the_runs_tab_are_named(make_window, qt
         window.resume_selected_button.click()
     assert finished.args == ["failed"]
     _check_shown(_plain(window.status_line.text()), CASE[name].expect)
-    after = _snapshot(runs / "run")
+    after = snapshot(runs / "run")
     assert {p: d for p, d in after.items() if not p.endswith("engine.log")} == before
 
 
@@ -171,7 +170,7 @@ def test_engine_killed_mid_run_is_reported_and_resume_finishes(make_window, qtbo
                                                                 classification_data):
     """kill -9 of the real engine right after its first checkpoint; Resume replays from it."""
     window = make_window()
-    _fill_tiny(window, tiny_model, classification_data, steps=60, eval_every=0,
+    fill_tiny(window, tiny_model, classification_data, steps=60, eval_every=0,
                checkpoint_every=3)
     with qtbot.waitSignal(window.engine.sig_event_received, timeout=ENGINE_TIMEOUT_MS,
                           check_params_cb=lambda e: e.type == "checkpoint"):
@@ -195,7 +194,7 @@ def test_engine_killed_mid_run_is_reported_and_resume_finishes(make_window, qtbo
 
 def test_engine_that_hangs_after_a_checkpoint_offers_resume(make_window, qtbot, tmp_path,
                                                             tiny_model, classification_data):
-    command = _fake_engine(tmp_path, "hang", """
+    command = fake_engine(tmp_path, "hang", """
         import pathlib, yaml
         output_dir = pathlib.Path(yaml.safe_load(open(sys.argv[1]))["output_dir"])
         (output_dir / "checkpoints").mkdir(parents=True)
@@ -203,7 +202,7 @@ def test_engine_that_hangs_after_a_checkpoint_offers_resume(make_window, qtbot, 
         time.sleep(60)
     """)
     window = make_window(engine_command=command, watchdog_seconds=1.5)
-    _fill_tiny(window, tiny_model, classification_data)
+    fill_tiny(window, tiny_model, classification_data)
     with qtbot.waitSignal(window.sig_run_finished, timeout=30_000) as finished:
         window.start()
     assert finished.args == ["hung"]
@@ -218,7 +217,7 @@ def test_window_stays_responsive_under_a_flood_of_10k_events(make_window, qtbot,
                                                              tiny_model, classification_data):
     total = FLOOD_EVENTS // 3
     # Written in one go, as fast as the pipe takes it (no flush per line).
-    command = _fake_engine(tmp_path, "flood", f"""
+    command = fake_engine(tmp_path, "flood", f"""
         def burst(seq, type, **data):
             sys.stdout.write(json.dumps({{"v": 1, "seq": seq, "time": time.time(),
                                          "run_id": "fake", "type": type, "data": data}}) + "\\n")
@@ -234,7 +233,7 @@ def test_window_stays_responsive_under_a_flood_of_10k_events(make_window, qtbot,
         sys.stdout.flush()
     """)
     window = make_window(engine_command=command)
-    _fill_tiny(window, tiny_model, classification_data)
+    fill_tiny(window, tiny_model, classification_data)
     received = []
     window.engine.sig_event_received.connect(received.append)
     ticks = []
@@ -295,7 +294,7 @@ def _save_to(window, monkeypatch, path: Path):
 
 def test_save_to_a_full_device_says_so(make_window, tiny_model, ctx, monkeypatch):
     window = make_window()
-    _fill_tiny(window, tiny_model, ctx.data)
+    fill_tiny(window, tiny_model, ctx.data)
     box = _save_to(window, monkeypatch, Path("/dev/full"))  # every write: ENOSPC
     _check_shown(box.text(), ("/dev/full", "No space left", "free disk space"))
 
@@ -332,7 +331,7 @@ def test_save_and_start_into_read_only_and_full_folders_say_so(make_window, tiny
     for folder, reason in zip(unwritable, ("Read-only file system", "No space left"), strict=True):
         window = make_window()
         window.runs_root = folder
-        _fill_tiny(window, tiny_model, ctx.data)
+        fill_tiny(window, tiny_model, ctx.data)
         box = _save_to(window, monkeypatch, folder / "saved.yaml")
         _check_shown(box.text(), (str(folder / "saved.yaml"), reason, "writable folder"))
         box.close()
@@ -374,12 +373,12 @@ def test_run_folders_are_named_by_the_window_never_by_user_text(make_window, qtb
                                                                 tiny_model, classification_data):
     """Run names become paths: the window makes them from the clock (run-YYYYmmdd-HHMMSS, then
     -2, -3… when taken), so no typed text reaches the file system and no run is overwritten."""
-    command = _fake_engine(tmp_path, "quick", """
+    command = fake_engine(tmp_path, "quick", """
         event(1, "done", status="completed", exit_code=0, output_dir=None)
     """)
     window = make_window(engine_command=command)
     odd = "../../{text} $(rm -rf ~) <b>"  # typed text stays data, never a path or a command
-    _fill_tiny(window, tiny_model, classification_data, prompt_template=odd)
+    fill_tiny(window, tiny_model, classification_data, prompt_template=odd)
     now = time.time()
     taken = [window.runs_root / time.strftime("run-%Y%m%d-%H%M%S", time.localtime(now + dt))
              for dt in range(30)]  # every name of the next 30 s is an earlier run's

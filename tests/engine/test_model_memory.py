@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from engine.api import config as config_io
 from engine.api import profiles
@@ -17,8 +18,6 @@ from engine.api.estimate import Shape, estimate, suggest
 from engine.model import device
 from engine.model.loading import local_folder
 from engine.model.probe import probe
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def test_model_reference_errors(tmp_path):
@@ -105,7 +104,8 @@ def test_measured_peak_is_within_15_percent_of_the_estimate(tiny_config, tiny_mo
     cfg = tiny_config("steps=3", "eval_every=0", "checkpoint_every=0", "optimizer.q=4", "batch_size=4")
     predicted = estimate(_shape(tiny_model), cfg).total_bytes
     script = (
-        "import sys; from engine.api import config; from engine.model import memory; from engine.train.events import EventBus;"
+        "import sys; from engine.api import config; from engine.model import memory;"
+        "from engine.train.events import EventBus;"
         "from engine.train.trainer import Trainer;"
         f"c = config.from_dict({config_io.to_dict(cfg)!r});"
         "t = Trainer(c, EventBus()); t.setup(False); t.train(); print(memory.peak_rss_bytes())"

@@ -22,37 +22,18 @@ from pathlib import Path
 import fault_trials
 import pytest
 import torch
-from conftest import Recorder
+from conftest import REPO, engine_process, train
 
 from engine.api.errors import UserError
 from engine.api.protocol import decode
 from engine.train import checkpoint
-from engine.train.events import EventBus, read_history
-from engine.train.trainer import NonFiniteLoss, Trainer
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _train(cfg, resume=False, sinks=()):
-    recorder = Recorder()
-    trainer = Trainer(cfg, EventBus([recorder, *sinks]))
-    try:
-        trainer.setup(resume=resume)
-        return trainer.train(), recorder
-    finally:
-        trainer.cleanup()
+from engine.train.events import read_history
+from engine.train.trainer import NonFiniteLoss
 
 
 def _losses(output_dir: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in read_history(output_dir / "metrics.jsonl")
             if r["type"] == "metrics"]
-
-
-def _engine(args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
-    return subprocess.Popen([sys.executable, "-m", "engine", "run", *args, "--protocol"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
-                            text=True, env=env, cwd=REPO)
 
 
 # ---- kill -9 --------------------------------------------------------------------------------
@@ -71,14 +52,14 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(tiny_model, classi
 
 def test_kill_before_the_first_checkpoint_says_so(tiny_config, tmp_path):
     cfg = tiny_config("steps=50", "checkpoint_every=40", "eval_every=0")
-    proc = _engine(fault_trials_overrides(cfg))
+    proc = engine_process(["train", *fault_trials_overrides(cfg), "--protocol"])
     for line in proc.stdout:
         if decode(line).type == "metrics":
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)
     with pytest.raises(UserError, match="has no checkpoint yet.*without --resume"):
-        _train(cfg, resume=True)
+        train(cfg, resume=True)
     assert (Path(cfg.output_dir) / "config.yaml").is_file()  # nothing was deleted
 
 
@@ -132,8 +113,8 @@ def three_checkpoints(tmp_path_factory, tiny_model, classification_data):
             "keep_checkpoints=3", "threads=1", "optimizer.q=2", "optimizer.lr=0.05",
             "lora.rank=4", *extra])
 
-    _train(config(root / "run", "steps=6"))
-    _train(config(root / "straight", "steps=8"))
+    train(config(root / "run", "steps=6"))
+    train(config(root / "straight", "steps=8"))
     return root, config, _losses(root / "straight")
 
 
@@ -145,7 +126,7 @@ def test_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(
     shutil.copytree(root / "run", run)
     spoil, problem = DAMAGE[damage]
     spoil(run / "checkpoints" / "step-00000006")
-    result, recorder = _train(config(run, "steps=8"), resume=True)
+    result, recorder, _ = train(config(run, "steps=8"), resume=True)
     warnings = recorder.warnings()
     assert any("step-00000006" in w and problem in w for w in warnings), warnings
     resumed = [d["message"] for d in recorder.of("log") if d["message"].startswith("resumed")]
@@ -164,7 +145,7 @@ def test_every_checkpoint_damaged_is_a_clear_error_not_a_silent_restart(three_ch
         spoil(path)
     before = sorted(p.name for p in run.rglob("*"))
     with pytest.raises(UserError, match="every checkpoint .* is damaged.*step-00000002: "):
-        _train(config(run, "steps=8"), resume=True)
+        train(config(run, "steps=8"), resume=True)
     assert sorted(p.name for p in run.rglob("*")) == before  # nothing deleted or started anew
     assert [s for s, _ in _losses(run)] == list(range(1, 7))
 
@@ -229,7 +210,7 @@ def test_disk_full_or_read_only_while_checkpointing(small_disk, tiny_config, fau
     sink = AfterFirstCheckpoint(_fill_disk if fault == "disk full" else _read_only)
     try:
         with pytest.raises(UserError) as raised:
-            _train(cfg, sinks=[sink])
+            train(cfg, sinks=[sink])
     finally:
         if fault != "disk full":
             subprocess.run(["umount", str(out / "checkpoints")], check=False)
@@ -325,7 +306,7 @@ def test_memory_guard_checkpoints_and_names_the_settings_to_lower(tiny_config, t
     big.write_text("\n".join(rows) + "\n")
     cfg = tiny_config(f"dataset={big}", "steps=3", "eval_rows=8", "eval_every=0",
                       "checkpoint_every=0", "memory_budget_gb=0.55")
-    proc = _engine(fault_trials_overrides(cfg))
+    proc = engine_process(["train", *fault_trials_overrides(cfg), "--protocol"])
     out, err = proc.communicate(timeout=300)
     events = [decode(line) for line in out.splitlines()]
     assert proc.returncode == 2, err[-2000:]
@@ -340,7 +321,7 @@ def test_memory_guard_checkpoints_and_names_the_settings_to_lower(tiny_config, t
     assert checkpoint.verify(Path(saved[0]["path"])) is None
     assert events[-1].type == "done" and events[-1].data["status"] == "failed"
     assert "Traceback" not in out + err
-    result, _ = _train(tiny_config(f"dataset={big}", "steps=3", "eval_rows=8", "eval_every=0",
+    result, *_ = train(tiny_config(f"dataset={big}", "steps=3", "eval_rows=8", "eval_every=0",
                                    "checkpoint_every=0", "memory_budget_gb=0"), resume=True)
     assert result.status == "completed"
 
@@ -351,7 +332,7 @@ def test_memory_guard_checkpoints_and_names_the_settings_to_lower(tiny_config, t
 def test_stop_during_an_eval_or_a_checkpoint_write_ends_cleanly(tiny_config, tmp_path, state):
     cfg = tiny_config("steps=200", "eval_every=4", "checkpoint_every=4", "eval_rows=64",
                       f"output_dir={tmp_path / 'run'}")
-    proc = _engine(fault_trials_overrides(cfg))
+    proc = engine_process(["train", *fault_trials_overrides(cfg), "--protocol"])
     events, sent_at = [], None
     for line in proc.stdout:
         event = decode(line)
@@ -372,11 +353,11 @@ def test_stop_during_an_eval_or_a_checkpoint_write_ends_cleanly(tiny_config, tmp
     assert not list((tmp_path / "run" / "checkpoints").glob(".*partial"))
     # Resumable, and the resumed steps are those of an uninterrupted run.
     more = stopped_at + 2
-    result, _ = _train(tiny_config("steps=200", "eval_every=4", "checkpoint_every=4",
+    result, *_ = train(tiny_config("steps=200", "eval_every=4", "checkpoint_every=4",
                                    "eval_rows=64", f"output_dir={tmp_path / 'run'}",
                                    f"steps={more}"), resume=True)
     assert result.status == "completed"
-    _train(tiny_config("eval_every=4", "checkpoint_every=4", "eval_rows=64",
+    train(tiny_config("eval_every=4", "checkpoint_every=4", "eval_rows=64",
                        f"output_dir={tmp_path / 'straight'}", f"steps={more}"))
     assert _losses(tmp_path / "run") == _losses(tmp_path / "straight")
 
@@ -421,7 +402,7 @@ def test_non_finite_loss_is_reported_and_the_last_good_checkpoint_kept(tmp_path,
             "threads=1", "optimizer.q=2", "optimizer.lr=0.05", "lora.rank=4", *extra])
 
     with pytest.raises(NonFiniteLoss, match="non-finite at step 4; lower optimizer.lr") as raised:
-        _train(config())
+        train(config())
     assert "last good checkpoint is kept" in str(raised.value)
     run = tmp_path / "run"
     assert [s for s, _ in _losses(run)] == [1, 2, 3]
@@ -430,7 +411,7 @@ def test_non_finite_loss_is_reported_and_the_last_good_checkpoint_kept(tmp_path,
 
     train[bad_row]["text"] = train[bad_row]["text"].removeprefix("\u03a9 ")
     data.write_text("".join(json.dumps(r) + "\n" for r in train))
-    result, recorder = _train(config("optimizer.lr=0.02"), resume=True)
+    result, recorder, _ = train(config("optimizer.lr=0.02"), resume=True)
     assert result.status == "completed"
     assert [s for s, _ in _losses(run)] == list(range(1, 9))
     assert any(m["message"].endswith("at step 3") for m in recorder.of("log"))

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, Recorder
-from lora_runs import make_random_adapter, make_run
+from conftest import REPO, train_tiny_run
+from lora_runs import classification_run, make_random_adapter, make_run
 
 from engine.api import config as config_io
 from engine.api.errors import UserError
@@ -29,25 +29,8 @@ from engine.cli import run_tool
 from engine.export import executorch as et
 from engine.runtime import pte
 from engine.runtime.backend import Settings
-from engine.train.events import EventBus
-from engine.train.trainer import Trainer
 
 LABELS = [" terrible", " great"]
-
-
-def _train_run(model: Path, data: Path, out: Path) -> Path:
-    cfg = config_io.load(None, [
-        f"model={model}", f"dataset={data}", "task=classification",
-        "label_words=[' terrible', ' great']", f"output_dir={out}", "steps=3", "batch_size=2",
-        "max_seq_len=48", "eval_every=3", "eval_rows=8", "threads=1", "optimizer.q=2",
-        "optimizer.lr=0.05", "lora.rank=4"])
-    trainer = Trainer(cfg, EventBus([Recorder()]))
-    try:
-        trainer.setup(resume=False)
-        assert trainer.train().status == "completed"
-    finally:
-        trainer.cleanup()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +44,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_model, classification_data, tmp_path_factory) -> Path:
-    return _train_run(tiny_model, classification_data, tmp_path_factory.mktemp("et") / "run")
+    return train_tiny_run(tiny_model, classification_data, tmp_path_factory.mktemp("et") / "run")
 
 
 @pytest.fixture(scope="module")
@@ -72,17 +55,9 @@ def exported(trained_run, cache) -> Path:
     return trained_run / "export" / "executorch"
 
 
-def _classification_run(folder: Path, model: Path | str, adapter: Path, data: Path,
-                        **config) -> Path:
-    run = make_run(folder, model, adapter)
-    config_io.save(config_io.TrainConfig(model=str(model), dataset=str(data), task="classification",
-                                         label_words=LABELS, **config), run / "config.yaml")
-    return run
-
-
 def _other_run(tiny_model, classification_data, folder: Path, seed: int) -> Path:
     adapter = make_random_adapter(tiny_model, folder / "adapter-src", b_std=0.3, seed=seed)
-    return _classification_run(folder / "run", tiny_model, adapter, classification_data)
+    return classification_run(folder / "run", tiny_model, adapter, classification_data)
 
 
 @pytest.fixture(scope="module")
@@ -331,33 +306,3 @@ def test_8da4w_reports_its_agreement_with_float32(trained_run, exported):
     assert 0 < report["logit_cosine"] <= 1 and report["max_abs_diff"] > 1e-3
     fp32 = json.loads((exported / "metadata.json").read_text())
     assert meta["data_bytes"] < 0.75 * fp32["data_bytes"]
-
-
-@pytest.mark.slow
-def test_smollm2_export_runs_in_text_llm_runner(tmp_path):
-    """SmolLM2-135M-Instruct (the bundled default) with a random adapter: minutes."""
-    from engine.model.loading import local_folder, resolve_reference
-
-    adapter = make_random_adapter(_default_folder(local_folder, resolve_reference),
-                                  tmp_path / "adapter", b_std=0.02, rank=8, alpha=16)
-    run = _classification_run(tmp_path / "run", "default", adapter,
-                              REPO / "resources" / "datasets" / "reviews.jsonl",
-                              prompt_template="Review: {text}\nThe product was")
-    assert run_tool("export", [str(run), "--format", "executorch"]) == 0
-    folder = run / "export" / "executorch"
-    report = json.loads((folder / "metadata.json").read_text())["verification"]
-    print("\nSmolLM2 verification:", report)
-    assert report["max_abs_diff"] < 1e-3 and report["greedy_identical"] == 4
-    assert report["runner_identical"] == 4 and report["runner_tokens"] > 20
-    assert report["adapter_max_abs_change"] > 0.1
-    backend = pte.PteBackend(folder)
-    text = "".join(backend.stream([{"role": "user", "content": "What is the capital of France?"}],
-                                  Settings(temperature=0.0, max_tokens=8)))
-    assert text and backend.last_stats["decode_tokens_per_second"] > 0
-
-
-def _default_folder(local_folder, resolve_reference) -> Path:
-    from engine.model.loading import gguf_to_folder
-
-    reference = resolve_reference("default")
-    return gguf_to_folder(Path(reference)) if reference.endswith(".gguf") else local_folder(reference)

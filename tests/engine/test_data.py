@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from engine.api.errors import UserError
 from engine.data.dataset import find_eval_file, load_dataset, render_prompt, split
 from engine.data.inspection import inspect
-
-REPO = Path(__file__).resolve().parent.parent
 
 ROWS = {
     "classification": [{"text": "great phone", "label": "positive"},

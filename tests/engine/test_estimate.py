@@ -80,12 +80,12 @@ def test_int8_base_trains_with_a_float32_adapter_and_a_smaller_estimate(tiny_con
     """dtype=int8: the projections hold int8 weights (torchao), the run trains and writes its
     adapter, θ stays float32, and the estimate counts one byte per projection weight."""
     import torch
-    from test_trainer import _train
+    from conftest import train
 
     from engine.api import estimate as est
 
     cfg = tiny_config("dtype=int8", "steps=3", "eval_every=0")
-    result, recorder, trainer = _train(cfg)
+    result, recorder, trainer = train(cfg)
     q_proj = trainer.model.model.layers[0].self_attn.q_proj.base.weight
     assert "Int8" in type(q_proj).__name__
     assert trainer.optimizer.theta.dtype == torch.float32

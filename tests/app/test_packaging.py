@@ -12,7 +12,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import pytest
+from conftest import REPO
 from PySide6.QtCore import QSettings
 from PySide6.QtGui import QColor, QImage
 
@@ -21,7 +21,6 @@ from app.engine_client import EngineClient, engine_command
 from app.json_tool import JsonTool
 from engine import __version__
 
-REPO = Path(__file__).resolve().parent.parent
 PACKAGING = REPO / "packaging"
 
 
@@ -170,14 +169,3 @@ def test_smoke_from_source_trains_through_the_engine(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "smoke: run completed" in result.stdout
     assert "smoke: cold start to shown window:" in result.stdout
-
-
-@pytest.mark.slow
-def test_bundle_builds_and_passes_its_smoke_check():
-    """packaging/smoke.sh: PyInstaller build, then the bundled app's --smoke (minutes)."""
-    result = subprocess.run(["sh", str(PACKAGING / "smoke.sh")], cwd=REPO, capture_output=True,
-                            text=True, timeout=3600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert "smoke: run completed" in result.stdout
-    versions = next(line for line in result.stdout.splitlines() if line.startswith("smoke: versions:"))
-    assert "not installed" not in versions  # every package's metadata made it into the bundle

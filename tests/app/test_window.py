@@ -2,105 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+from conftest import ENGINE_TIMEOUT_MS, REPO, drop_file, fake_engine, fill_tiny
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QMimeData, QPoint, QPointF, QProcess, QSettings, Qt, QUrl  # noqa: E402
-from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
+from PySide6.QtCore import QPointF, QProcess, Qt  # noqa: E402
+from PySide6.QtGui import QGuiApplication  # noqa: E402
 
 from app.main_window import MainWindow  # noqa: E402
 from app.runs import list_runs, read_metrics  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 SCREENSHOTS = REPO / "tests" / "screenshots"
-ENGINE_TIMEOUT_MS = 120_000
-
-
-def _child_processes(window: MainWindow) -> list[QProcess]:
-    return [p for p in window.findChildren(QProcess) if p.state() != QProcess.ProcessState.NotRunning]
-
-
-@pytest.fixture
-def make_window(qtbot, tmp_path):
-    windows = []
-
-    def make(**kwargs) -> MainWindow:
-        settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-        window = MainWindow(settings=settings, runs_root=tmp_path / "runs", **kwargs)
-        qtbot.addWidget(window)
-        window.show()
-        windows.append(window)
-        return window
-
-    yield make
-    for window in windows:
-        # Let a pending inspection or probe end on its own, and the processes a test killed be
-        # reaped (that takes a turn of the event loop); anything else still running is a leak.
-        for tool in (window.preview.inspection, window.model_probe):
-            if tool.is_running():
-                qtbot.waitSignal(tool.sig_answered, timeout=60_000).wait()
-        with contextlib.suppress(qtbot.TimeoutError):
-            qtbot.waitUntil(lambda w=window: not _child_processes(w), timeout=3000)
-        running = _child_processes(window)
-        window.shutdown()
-        leaked = [" ".join([p.program(), *p.arguments()]) for p in running]
-        assert not leaked, f"processes left running: {leaked}"
-
-
-def _fill_tiny(window: MainWindow, model: Path, data: Path, **fields) -> None:
-    window.model_edit.setText(str(model))
-    window.dataset_edit.setText(str(data))
-    values = {"task": "classification", "steps": 4, "threads": 1, "eval_every": 2,
-              "checkpoint_every": 0, "batch_size": 2, "max_seq_len": 48, "optimizer.q": 2,
-              "lora.rank": 4, "label_words": '[" terrible", " great"]', "seed": 0}
-    values.update(fields)
-    form = window.form
-    for name, value in values.items():
-        widget = form.widgets[name]
-        if hasattr(widget, "setCurrentText"):
-            widget.setCurrentText(str(value))
-        elif hasattr(widget, "setValue"):
-            widget.setValue(int(value))
-        else:
-            widget.setText(str(value))
-    # eval_rows is not on the form; a small eval keeps the test fast.
-    window.form.base.eval_rows = 16
-
-
-def _fake_engine(tmp_path: Path, name: str, body: str) -> list[str]:
-    script = tmp_path / f"{name}.py"
-    script.write_text(textwrap.dedent("""
-        import json, sys, time
-        def event(seq, type, **data):
-            print(json.dumps({"v": 1, "seq": seq, "time": time.time(), "run_id": "fake",
-                              "type": type, "data": data}), flush=True)
-        event(0, "hello", protocol=1)
-    """) + textwrap.dedent(body))
-    return [sys.executable, str(script)]
-
-
-def _drop(widget, path: Path) -> QDropEvent:
-    mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(str(path))])
-    enter = QDragEnterEvent(QPoint(5, 5), Qt.DropAction.CopyAction, mime,
-                            Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
-    QApplication.sendEvent(widget, enter)
-    assert enter.isAccepted()
-    drop = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime,
-                      Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
-    QApplication.sendEvent(widget, drop)
-    return drop
 
 
 def test_app_never_imports_torch():
@@ -147,9 +67,9 @@ def test_end_to_end_training_from_the_window(make_window, qtbot, tiny_model, cla
     window = make_window()
     _screenshot(window, "1-empty")
     with qtbot.waitSignal(window.preview.sig_inspected, timeout=60_000):
-        _drop(window.drop_zone, classification_data)
+        drop_file(window.drop_zone, classification_data)
     _screenshot(window, "2-dataset")
-    _fill_tiny(window, tiny_model, classification_data)
+    fill_tiny(window, tiny_model, classification_data)
     with qtbot.waitSignal(window.engine.sig_event_received, timeout=ENGINE_TIMEOUT_MS,
                           check_params_cb=lambda e: e.type == "progress" and e.data["step"] >= 2):
         qtbot.mouseClick(window.start_button, Qt.MouseButton.LeftButton)
@@ -183,7 +103,7 @@ def test_train_for_n_minutes_from_the_window(make_window, qtbot, tiny_model, cla
     """"Train for N minutes": the run ends on its time budget, long before its step count, and
     finishes like a completed run (final evaluation, adapter)."""
     window = make_window()
-    _fill_tiny(window, tiny_model, classification_data, steps=100000, eval_every=0,
+    fill_tiny(window, tiny_model, classification_data, steps=100000, eval_every=0,
                time_budget_minutes="0.003")
     assert window.form.config().time_budget_minutes == pytest.approx(0.003)
     with qtbot.waitSignal(window.sig_run_finished, timeout=ENGINE_TIMEOUT_MS) as finished:
@@ -197,7 +117,7 @@ def test_train_for_n_minutes_from_the_window(make_window, qtbot, tiny_model, cla
 def test_drop_dataset_file_shows_preview_and_inspection(make_window, qtbot, classification_data):
     window = make_window()
     with qtbot.waitSignal(window.preview.sig_inspected, timeout=60_000) as inspected:
-        drop = _drop(window.drop_zone, classification_data)
+        drop = drop_file(window.drop_zone, classification_data)
     assert drop.isAccepted()
     assert window.dataset_edit.text() == str(classification_data)
     table = window.preview.table
@@ -215,7 +135,7 @@ def test_drop_broken_dataset_names_the_line(make_window, qtbot, tmp_path):
     bad.write_text('{"text": "fine", "label": 1}\n{"text": oops}\n')
     window = make_window()
     with qtbot.waitSignal(window.preview.sig_inspected, timeout=60_000) as inspected:
-        _drop(window.drop_zone, bad)
+        drop_file(window.drop_zone, bad)
     assert "bad.jsonl:2" in window.preview.summary.text()
     assert inspected.args[0]["errors"]
 
@@ -223,21 +143,21 @@ def test_drop_broken_dataset_names_the_line(make_window, qtbot, tmp_path):
 def test_drop_model_folder_and_gguf(make_window, qtbot, tiny_model, tmp_path):
     window = make_window()
     with qtbot.waitSignal(window.model_probe.sig_answered, timeout=ENGINE_TIMEOUT_MS):
-        drop = _drop(window.model_edit, tiny_model)
+        drop = drop_file(window.model_edit, tiny_model)
     assert drop.isAccepted()
     assert window.model_edit.text() == str(tiny_model)
     summary = window.model_summary.text()
     assert "LlamaForCausalLM" in summary and "context 256" in summary and "0.1 M" in summary
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF")
-    _drop(window.model_edit, gguf)
+    drop_file(window.model_edit, gguf)
     assert window.model_edit.text() == str(gguf)
     window.model_probe.kill()  # reading a fake GGUF is not what this test is about
 
 
 def test_settings_yaml_and_presets(make_window, tiny_model, classification_data, tmp_path):
     window = make_window()
-    _fill_tiny(window, tiny_model, classification_data)
+    fill_tiny(window, tiny_model, classification_data)
     dialog = window.show_yaml()
     assert "steps: 4" in dialog.yaml_text and "- ' terrible'" in dialog.yaml_text
     dialog.close()
@@ -260,7 +180,7 @@ def test_settings_yaml_and_presets(make_window, tiny_model, classification_data,
 
 def test_engine_that_crashes_is_reported_and_resume_offered(
         make_window, qtbot, tmp_path, tiny_model, classification_data):
-    command = _fake_engine(tmp_path, "crash", """
+    command = fake_engine(tmp_path, "crash", """
         import pathlib, yaml
         output_dir = pathlib.Path(yaml.safe_load(open(sys.argv[1]))["output_dir"])
         (output_dir / "checkpoints").mkdir(parents=True)
@@ -269,7 +189,7 @@ def test_engine_that_crashes_is_reported_and_resume_offered(
         sys.exit(3)
     """)
     window = make_window(engine_command=command)
-    _fill_tiny(window, tiny_model, classification_data)
+    fill_tiny(window, tiny_model, classification_data)
     with qtbot.waitSignal(window.sig_run_finished, timeout=30_000) as finished:
         window.start()
     assert finished.args == ["crashed"]
@@ -282,14 +202,14 @@ def test_engine_that_crashes_is_reported_and_resume_offered(
 
 def test_malformed_and_unknown_events_are_logged_and_skipped(
         make_window, qtbot, tmp_path, tiny_model, classification_data):
-    command = _fake_engine(tmp_path, "odd", """
+    command = fake_engine(tmp_path, "odd", """
         print("this is not json", flush=True)
         event(1, "telemetry_v9", whatever=1)
         event(2, "metrics", step=1, loss=0.7, step_seconds=0.1, tokens_per_second=100.0)
         event(3, "done", status="completed", exit_code=0, output_dir=None)
     """)
     window = make_window(engine_command=command)
-    _fill_tiny(window, tiny_model, classification_data)
+    fill_tiny(window, tiny_model, classification_data)
     with qtbot.waitSignal(window.sig_run_finished, timeout=30_000) as finished:
         window.start()
     assert finished.args == ["completed"]
@@ -308,11 +228,11 @@ def test_malformed_and_unknown_events_are_logged_and_skipped(
 
 def test_engine_that_hangs_is_ended_by_the_watchdog(
         make_window, qtbot, tmp_path, tiny_model, classification_data):
-    command = _fake_engine(tmp_path, "hang", """
+    command = fake_engine(tmp_path, "hang", """
         time.sleep(60)
     """)
     window = make_window(engine_command=command, watchdog_seconds=1.0)
-    _fill_tiny(window, tiny_model, classification_data)
+    fill_tiny(window, tiny_model, classification_data)
     with qtbot.waitSignal(window.sig_run_finished, timeout=30_000) as finished:
         window.start()
     assert finished.args == ["hung"]
@@ -325,7 +245,7 @@ def test_engine_that_hangs_is_ended_by_the_watchdog(
 
 def test_stop_mid_run_then_resume_continues(make_window, qtbot, tiny_model, classification_data):
     window = make_window()
-    _fill_tiny(window, tiny_model, classification_data, steps=40, eval_every=20)
+    fill_tiny(window, tiny_model, classification_data, steps=40, eval_every=20)
     with qtbot.waitSignal(window.engine.sig_event_received, timeout=ENGINE_TIMEOUT_MS,
                           check_params_cb=lambda e: e.type == "progress" and e.data["step"] >= 2):
         window.start()

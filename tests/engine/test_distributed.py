@@ -8,33 +8,19 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from test_trainer import _train
+from conftest import engine_process, train
 
 from engine.api import config as config_io
 from engine.api.protocol import decode
 from engine.train import checkpoint, distributed
 from engine.train.events import read_history
 from engine.train.launch import main as launch_main
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _engine(args: list[str], worker_env: dict | None = None) -> subprocess.Popen:
-    """`python -m engine ARGS`; `worker_env` makes it one worker of a torch.distributed run."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", **(worker_env or {}))
-    return subprocess.Popen([sys.executable, "-m", "engine", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True, env=env,
-                            cwd=REPO)
 
 
 def _config_file(cfg, path: Path) -> Path:
@@ -54,9 +40,9 @@ def _history(output_dir: Path, kind: str) -> list[dict]:
 ], ids=["dual", "one-sided-everything"])
 def test_workers_give_the_one_worker_losses_and_the_same_theta(tiny_config, tmp_path, options):
     alone = tiny_config(*options, "workers=1", f"output_dir={tmp_path / 'alone'}")
-    _, expected, _ = _train(alone)
+    _, expected, _ = train(alone)
     cfg = tiny_config(*options, f"output_dir={tmp_path / 'spread'}")
-    proc = _engine(["train", str(_config_file(cfg, tmp_path / "spread.yaml"))])
+    proc = engine_process(["train", str(_config_file(cfg, tmp_path / "spread.yaml"))])
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     spread = tmp_path / "spread"
@@ -90,7 +76,7 @@ def test_a_time_budgeted_cosine_run_keeps_every_worker_on_one_learning_rate(tiny
     itself: the workers agree on them every step, so their lr (and θ) stay identical."""
     cfg = tiny_config("workers=2", "steps=100000", "time_budget_minutes=0.01", "eval_every=0",
                       "checkpoint_every=5", "optimizer.schedule=cosine", f"output_dir={tmp_path / 'spread'}")
-    proc = _engine(["train", str(_config_file(cfg, tmp_path / "spread.yaml"))])
+    proc = engine_process(["train", str(_config_file(cfg, tmp_path / "spread.yaml"))])
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     spread = tmp_path / "spread"
@@ -107,10 +93,10 @@ def test_a_time_budgeted_cosine_run_keeps_every_worker_on_one_learning_rate(tiny
 
 def test_a_killed_worker_ends_the_job_and_one_worker_resumes_it(tiny_config, tmp_path):
     overrides = ("steps=10", "checkpoint_every=4", "eval_every=4")
-    _, expected, _ = _train(tiny_config(*overrides, f"output_dir={tmp_path / 'straight'}"))
+    _, expected, _ = train(tiny_config(*overrides, f"output_dir={tmp_path / 'straight'}"))
     out = tmp_path / "killed"
     cfg = tiny_config(*overrides, "workers=2", f"output_dir={out}")
-    proc = _engine(["run", str(_config_file(cfg, tmp_path / "killed.yaml"))])
+    proc = engine_process(["train", str(_config_file(cfg, tmp_path / "killed.yaml")), "--protocol"])
     events = []
     for line in proc.stdout:
         events.append(decode(line))
@@ -130,7 +116,7 @@ def test_a_killed_worker_ends_the_job_and_one_worker_resumes_it(tiny_config, tmp
     assert "lost contact with the other workers" in error.data["message"]
     assert checkpoint.verify(out / "checkpoints" / "step-00000004") is None
 
-    _train(tiny_config(*overrides, "workers=1", f"output_dir={out}"), resume=True)
+    train(tiny_config(*overrides, "workers=1", f"output_dir={out}"), resume=True)
     metrics = _history(out, "metrics")
     assert [m["step"] for m in metrics] == list(range(1, 11))
     torch.testing.assert_close(torch.tensor([m["loss"] for m in metrics]),
@@ -142,7 +128,7 @@ def test_stop_on_worker_0s_stdin_stops_every_worker_at_the_same_step(tiny_config
     out = tmp_path / "run"
     cfg = tiny_config("steps=100000", "eval_every=0", "checkpoint_every=0", "workers=2",
                       f"output_dir={out}")
-    proc = _engine(["run", str(_config_file(cfg, tmp_path / "run.yaml"))])
+    proc = engine_process(["train", str(_config_file(cfg, tmp_path / "run.yaml")), "--protocol"])
     for line in proc.stdout:
         if decode(line).type == "metrics" and decode(line).data["step"] == 5:
             proc.stdin.write("stop\n")
@@ -167,7 +153,7 @@ def test_a_worker_that_cannot_connect_is_named(tiny_config, tmp_path):
     cfg = tiny_config("workers=2", "worker_timeout_seconds=2", f"output_dir={tmp_path / 'run'}")
     env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(port)}
-    lonely = _engine(["train", str(_config_file(cfg, tmp_path / "run.yaml"))], worker_env=env)
+    lonely = engine_process(["train", str(_config_file(cfg, tmp_path / "run.yaml"))], worker_env=env)
     lonely.communicate(timeout=120)
     assert lonely.returncode == 2
     log = (tmp_path / "run" / "worker-1.log").read_text()

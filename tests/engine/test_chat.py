@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from lora_runs import make_random_adapter, make_run
 
 from engine.api.protocol import decode
@@ -19,7 +20,6 @@ from engine.runtime.backend import Settings
 from engine.runtime.hf import TransformersBackend
 from engine.runtime.llamacpp import LlamaCppBackend
 
-REPO = Path(__file__).resolve().parent.parent
 LABELS = [" terrible", " great"]
 
 

@@ -1,5 +1,4 @@
 """The window's model probe, device profile and memory bar, with real probe processes."""
-# ruff: noqa: F811  (test_app's make_window fixture is imported, then named by each test)
 
 from __future__ import annotations
 
@@ -7,10 +6,10 @@ import dataclasses
 import json
 
 import pytest
+from conftest import Recorder
 
 pytest.importorskip("pytestqt")
 
-from test_app import make_window  # noqa: E402, F401  (fresh settings; fails on leaked processes)
 
 from app.main_window import MainWindow  # noqa: E402
 from engine.api.errors import UserError  # noqa: E402
@@ -62,7 +61,6 @@ def test_memory_bar_sizes_a_long_sft_run_as_the_engine_does(make_window, qtbot, 
     """Long completions make an SFT run's logits the widest tensor: the bar takes the task and
     the longest completion from the dataset's inspection, so it shows what the trainer's
     pre-flight check computes, and a budget the bar refuses the engine refuses too."""
-    from conftest import Recorder
 
     from engine.api.estimate import estimate
     from engine.train.events import EventBus

@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import Recorder
+from conftest import Recorder, engine_process, train
 
 from engine.api import config as config_io
 from engine.api.protocol import decode
 from engine.train.events import EventBus, read_history
 from engine.train.trainer import Trainer
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _train(cfg, resume=False):
-    recorder = Recorder()
-    trainer = Trainer(cfg, EventBus([recorder]))
-    try:
-        trainer.setup(resume=resume)
-        result = trainer.train()
-    finally:
-        trainer.cleanup()
-    return result, recorder, trainer
-
 
 # Recorded from this code on torch 2.13 (CPU); any change to the estimator, the data order or
 # the tokenisation shows up here.
@@ -38,7 +20,7 @@ GOLDEN_LOSSES = [0.523379, 0.59681, 0.65988, 0.657139]
 
 
 def test_golden_loss_sequence(tiny_config):
-    result, recorder, _ = _train(tiny_config("steps=4", "eval_every=0", "checkpoint_every=0"))
+    result, recorder, _ = train(tiny_config("steps=4", "eval_every=0", "checkpoint_every=0"))
     losses = [m["loss"] for m in recorder.of("metrics")]
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(GOLDEN_LOSSES), atol=1e-4, rtol=0)
     assert result.status == "completed"
@@ -52,7 +34,7 @@ def test_training_fits_a_small_set(tiny_config, classification_data, tmp_path):
     at 0.64-0.67 from 0.75, accuracy 0.34 → 0.59-0.69."""
     small = tmp_path / "small.jsonl"
     small.write_text("".join(classification_data.read_text().splitlines(keepends=True)[:32]))
-    result, _, _ = _train(tiny_config(f"dataset={small}", f"eval_dataset={small}", "steps=40",
+    result, _, _ = train(tiny_config(f"dataset={small}", f"eval_dataset={small}", "steps=40",
                                       "eval_every=0", "checkpoint_every=0", "eval_rows=32",
                                       "optimizer.q=4", "batch_size=4", "optimizer.lr=0.05"))
     before, after = result.eval_before, result.eval_after
@@ -63,7 +45,7 @@ def test_training_fits_a_small_set(tiny_config, classification_data, tmp_path):
 def test_sft_task_trains_on_completion_tokens(tiny_config, sft_data):
     cfg = tiny_config(f"dataset={sft_data}", "task=sft", "label_words=[]", "steps=30",
                       "eval_every=0", "optimizer.lr=0.1", "optimizer.q=4", "batch_size=4")
-    result, recorder, _ = _train(cfg)
+    result, recorder, _ = train(cfg)
     assert result.eval_before["accuracy"] is None
     assert result.eval_after["loss"] < result.eval_before["loss"]
 
@@ -72,7 +54,7 @@ def test_peft_round_trip_gives_the_engine_logits(tiny_config, tiny_model):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    result, _, trainer = _train(tiny_config("steps=3", "eval_every=0"))
+    result, _, trainer = train(tiny_config("steps=3", "eval_every=0"))
     adapter = result.adapter_dir
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
@@ -92,16 +74,9 @@ def test_existing_run_is_refused_without_resume(tiny_config):
     from engine.api.errors import UserError
 
     cfg = tiny_config("steps=2", "eval_every=0")
-    _train(cfg)
+    train(cfg)
     with pytest.raises(UserError, match="already holds a run"):
-        _train(cfg)
-
-
-def _engine(args, **kwargs):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-m", "engine", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True, env=env,
-                            cwd=REPO, **kwargs)
+        train(cfg)
 
 
 def _overrides(cfg):
@@ -118,12 +93,12 @@ def _overrides(cfg):
 def test_kill_and_resume_reproduces_the_uninterrupted_losses(tiny_config, tmp_path):
     straight_cfg = tiny_config("steps=10", "checkpoint_every=5", "eval_every=5",
                                f"output_dir={tmp_path / 'straight'}")
-    _, straight, _ = _train(straight_cfg)
+    _, straight, _ = train(straight_cfg)
     expected = [m["loss"] for m in straight.of("metrics")]
 
     cfg = tiny_config("steps=10", "checkpoint_every=5", "eval_every=5",
                       f"output_dir={tmp_path / 'killed'}")
-    proc = _engine(["run", *_overrides(cfg)])
+    proc = engine_process(["train", *_overrides(cfg), "--protocol"])
     for line in proc.stdout:
         event = decode(line)
         # Kill mid-way past the checkpoint, so steps 6-7 ran and must be replayed identically.
@@ -132,7 +107,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_losses(tiny_config, tmp_pa
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    resumed = _engine(["run", *_overrides(cfg), "--resume"])
+    resumed = engine_process(["train", *_overrides(cfg), "--resume", "--protocol"])
     out, err = resumed.communicate(timeout=120)
     events = [decode(line) for line in out.splitlines()]
     assert events[-1].type == "done" and events[-1].data["status"] == "completed", err
@@ -144,7 +119,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_losses(tiny_config, tmp_pa
 
 def test_protocol_stream_is_well_formed_and_done_comes_last(tiny_config):
     cfg = tiny_config("steps=3", "eval_every=0")
-    proc = _engine(["run", *_overrides(cfg)])
+    proc = engine_process(["train", *_overrides(cfg), "--protocol"])
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     events = [decode(line) for line in out.splitlines()]
@@ -160,8 +135,8 @@ def test_protocol_stream_is_well_formed_and_done_comes_last(tiny_config):
 
 
 def test_user_error_sends_error_then_done_and_no_traceback(tmp_path):
-    proc = _engine(["run", "model=/nowhere/model", f"dataset={tmp_path / 'missing.jsonl'}",
-                    f"output_dir={tmp_path / 'out'}"])
+    proc = engine_process(["train", "model=/nowhere/model", f"dataset={tmp_path / 'missing.jsonl'}",
+                    f"output_dir={tmp_path / 'out'}", "--protocol"])
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     events = [decode(line) for line in out.splitlines()]
@@ -172,7 +147,7 @@ def test_user_error_sends_error_then_done_and_no_traceback(tmp_path):
 
 
 def test_cli_error_names_the_field(tmp_path):
-    proc = _engine(["train", "model=m", "dataset=d", "optimizer.q=0", f"output_dir={tmp_path}"])
+    proc = engine_process(["train", "model=m", "dataset=d", "optimizer.q=0", f"output_dir={tmp_path}"])
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert '"optimizer.q"' in err and "Traceback" not in err
@@ -180,7 +155,7 @@ def test_cli_error_names_the_field(tmp_path):
 
 def test_stop_command_checkpoints_and_exits_cleanly(tiny_config):
     cfg = tiny_config("steps=200", "eval_every=0", "checkpoint_every=0")
-    proc = _engine(["run", *_overrides(cfg)])
+    proc = engine_process(["train", *_overrides(cfg), "--protocol"])
     events = []
     for line in proc.stdout:
         event = decode(line)
@@ -216,7 +191,7 @@ def test_stop_leaves_a_usable_adapter(tiny_config):
 
 
 def test_time_budget_ends_the_run_like_its_last_step(tiny_config):
-    result, recorder, trainer = _train(tiny_config("steps=100000", "time_budget_minutes=0.002",
+    result, recorder, trainer = train(tiny_config("steps=100000", "time_budget_minutes=0.002",
                                                    "eval_every=0", "checkpoint_every=0"))
     assert result.status == "completed" and result.reason == "time budget"
     assert 1 <= result.step < 100000
@@ -236,7 +211,7 @@ def test_early_stopping_keeps_the_best_evaluated_adapter(tiny_config):
 
     cfg = tiny_config("steps=400", "eval_every=2", "early_stopping_patience=2", "optimizer.lr=2.0",
                       "checkpoint_every=0")
-    result, recorder, trainer = _train(cfg)
+    result, recorder, trainer = train(cfg)
     evals = recorder.of("eval")
     best = max(evals, key=eval_score)
     assert result.reason == "early stopping" and result.step < 400
@@ -267,7 +242,7 @@ def test_resume_replays_the_new_estimator_state_exactly(tiny_config, tmp_path, o
     from safetensors.torch import load_file
 
     common = ["steps=8", "checkpoint_every=0", "eval_every=2", *options]
-    _, straight, _ = _train(tiny_config(*common, f"output_dir={tmp_path / 'straight'}"))
+    _, straight, _ = train(tiny_config(*common, f"output_dir={tmp_path / 'straight'}"))
     stop = threading.Event()
 
     class StopAtStep5:
@@ -282,7 +257,7 @@ def test_resume_replays_the_new_estimator_state_exactly(tiny_config, tmp_path, o
         assert trainer.train().step == 5
     finally:
         trainer.cleanup()
-    _train(cfg, resume=True)
+    train(cfg, resume=True)
     history = read_history(tmp_path / "resumed" / "metrics.jsonl")
     assert [r["loss"] for r in history if r["type"] == "metrics"] == \
         [m["loss"] for m in straight.of("metrics")]
