@@ -7,7 +7,6 @@ only, so listing a hundred runs stays instant and torch-free.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from app.series import Series
+from engine.api.history import read_history
 
 
 @dataclass
@@ -28,23 +28,6 @@ class RunInfo:
     date: str
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """The records of metrics.jsonl; a line torn by a kill is skipped."""
-    records = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 def read_run(folder: Path) -> RunInfo | None:
     """The summary of one run folder, or None when the folder is no run."""
     config_path = folder / "config.yaml"
@@ -56,7 +39,7 @@ def read_run(folder: Path) -> RunInfo | None:
         config = {}
     if not isinstance(config, dict):
         config = {}
-    records = read_metrics(folder / "metrics.jsonl")
+    records = read_history(folder / "metrics.jsonl")
     accuracies = [r["accuracy"] for r in records
                   if r.get("type") == "eval" and isinstance(r.get("accuracy"), (int, float))]
     steps = [r["step"] for r in records if r.get("type") == "metrics" and isinstance(r.get("step"), int)]
@@ -88,6 +71,6 @@ def list_runs(root: Path) -> list[RunInfo]:
 def series_of(folder: Path) -> Series:
     """A finished (or interrupted) run's curves, replayed from metrics.jsonl."""
     series = Series(folder.name)
-    for record in read_metrics(folder / "metrics.jsonl"):
+    for record in read_history(folder / "metrics.jsonl"):
         series.add_event(str(record.get("type", "")), record)
     return series

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine.api.history import read_history
 from engine.bench.common import DOCS, environment, finish, model_label, write_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,15 +52,7 @@ def socket_bytes(pids: set[int], store_port: int | None) -> tuple[int, int]:
 
 
 def _records(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return [r for r in out if r["type"] == "metrics"]
+    return [r for r in read_history(path) if r.get("type") == "metrics"]
 
 
 def _store_port(folder: Path) -> int | None:

@@ -87,16 +87,6 @@ def truncate_history(path: Path, last_step: int) -> None:
     partial.replace(path)
 
 
-def read_history(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
 class TerminalSink:
     """A progress bar with ETA and the key numbers, for a person at a terminal."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.train.events import read_history
+from engine.api.history import read_history
 
 
 def plot_run(output_dir: Path) -> Path | None:

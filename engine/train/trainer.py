@@ -25,12 +25,13 @@ from engine.api import config as config_io
 from engine.api.config import TrainConfig
 from engine.api.errors import UserError
 from engine.api.estimate import Shape, estimate, scored_columns, suggest
+from engine.api.history import read_history
 from engine.data.dataset import Dataset, find_eval_file, load_dataset, split
 from engine.model import device as devices
 from engine.model import loading as models
 from engine.model import memory
 from engine.train import checkpoint, distributed, lora
-from engine.train.events import EventBus, MetricsFileSink, read_history, truncate_history
+from engine.train.events import EventBus, MetricsFileSink, truncate_history
 from engine.train.objective import Batch, Objective
 from engine.train.optim import build as build_optimizer
 from engine.train.optim import copies_needed

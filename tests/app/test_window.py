@@ -18,7 +18,8 @@ from PySide6.QtCore import QPointF, QProcess, Qt  # noqa: E402
 from PySide6.QtGui import QGuiApplication  # noqa: E402
 
 from app.main_window import MainWindow  # noqa: E402
-from app.runs import list_runs, read_metrics  # noqa: E402
+from app.runs import list_runs  # noqa: E402
+from engine.api.history import read_history  # noqa: E402
 
 SCREENSHOTS = REPO / "tests" / "screenshots"
 
@@ -258,7 +259,7 @@ def test_stop_mid_run_then_resume_continues(make_window, qtbot, tiny_model, clas
     with qtbot.waitSignal(window.sig_run_finished, timeout=ENGINE_TIMEOUT_MS) as finished:
         qtbot.mouseClick(window.resume_button, Qt.MouseButton.LeftButton)
     assert finished.args == ["completed"], window.log.toPlainText()
-    steps = [r["step"] for r in read_metrics(window.run.output_dir / "metrics.jsonl")
+    steps = [r["step"] for r in read_history(window.run.output_dir / "metrics.jsonl")
              if r["type"] == "metrics"]
     assert steps == list(range(1, 41))
     window.curves.redraw()

@@ -29,7 +29,7 @@ from PySide6.QtCore import QProcess, Qt, QTimer  # noqa: E402
 from PySide6.QtGui import QTextDocument  # noqa: E402
 from PySide6.QtWidgets import QFileDialog, QPushButton  # noqa: E402
 
-from app.runs import read_metrics  # noqa: E402
+from engine.api.history import read_history  # noqa: E402
 from engine.train import checkpoint  # noqa: E402
 
 CASE = {c.id: c for c in CASES}
@@ -186,7 +186,7 @@ def test_engine_killed_mid_run_is_reported_and_resume_finishes(make_window, qtbo
     with qtbot.waitSignal(window.sig_run_finished, timeout=ENGINE_TIMEOUT_MS) as finished:
         qtbot.mouseClick(window.resume_button, Qt.MouseButton.LeftButton)
     assert finished.args == ["completed"], window.log.toPlainText()
-    steps = [r["step"] for r in read_metrics(window.run.output_dir / "metrics.jsonl")
+    steps = [r["step"] for r in read_history(window.run.output_dir / "metrics.jsonl")
              if r["type"] == "metrics"]
     assert steps == list(range(1, 61))
     assert any(f"at step {kept}" in line for line in window.log.toPlainText().splitlines())

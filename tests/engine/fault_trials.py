@@ -27,8 +27,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).res
 
 from conftest import DEMO_DATA, Recorder, engine_process, make_tiny_llama  # noqa: E402
 
+from engine.api.history import read_history  # noqa: E402
 from engine.api.protocol import decode  # noqa: E402
-from engine.train.events import read_history  # noqa: E402
 
 # A run long enough to hold several checkpoints and evaluations between them.
 TRIAL_OVERRIDES = ["steps=12", "checkpoint_every=3", "eval_every=4", "keep_checkpoints=2"]

@@ -17,9 +17,9 @@ import yaml
 from conftest import engine_process, train
 
 from engine.api import config as config_io
+from engine.api.history import read_history
 from engine.api.protocol import decode
 from engine.train import checkpoint, distributed
-from engine.train.events import read_history
 from engine.train.launch import main as launch_main
 
 

@@ -25,9 +25,9 @@ import torch
 from conftest import REPO, engine_process, train
 
 from engine.api.errors import UserError
+from engine.api.history import read_history
 from engine.api.protocol import decode
 from engine.train import checkpoint
-from engine.train.events import read_history
 from engine.train.trainer import NonFiniteLoss
 
 

@@ -10,8 +10,9 @@ import torch
 from conftest import Recorder, engine_process, train
 
 from engine.api import config as config_io
+from engine.api.history import read_history
 from engine.api.protocol import decode
-from engine.train.events import EventBus, read_history
+from engine.train.events import EventBus
 from engine.train.trainer import Trainer
 
 # Recorded from this code on torch 2.13 (CPU); any change to the estimator, the data order or
