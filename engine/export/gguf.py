@@ -26,7 +26,16 @@ from pathlib import Path
 
 from engine.api.errors import UserError
 from engine.export import run_folder
-from engine.export.gguf_writer import ARCHS, ArchSpec, stop_words, write_adapter, write_model
+from engine.export.gguf_writer import (
+    ARCHS,
+    OUTTYPES,
+    QUANTISATIONS,
+    ArchSpec,
+    quantize,
+    stop_words,
+    write_adapter,
+    write_model,
+)
 from engine.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -54,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser, fmt: str) -> None:
                             help="the base model as GGUF, for a Hugging Face folder base "
                                  "(default: write RUN_DIR/export/base-f16.gguf)")
     else:
-        parser.add_argument("--outtype", choices=("f16", "f32"), default="f16",
-                            help="weight precision of the merged model (f16: half the size)")
+        parser.add_argument("--outtype", choices=OUTTYPES, default="f16",
+                            help="weights of the merged model: f16 (half of f32), or llama.cpp's "
+                                 "q8_0 / q4_k_m (about a half / a quarter of f16)")
 
 
 def load_run(run_dir: Path) -> Run:
@@ -113,10 +123,16 @@ def export(run_dir: Path, out: Path | None, verify: bool = True,
 
 def export_merged(run_dir: Path, out: Path | None, verify: bool = True,
                   outtype: str = "f16") -> Path:
-    """Write base + adapter merged into one GGUF model (+ Modelfile)."""
-    from engine.export.gguf_verify import verify_merged
+    """Write base + adapter merged into one GGUF model (+ Modelfile). A quantised outtype is
+    made from an f16 file by llama.cpp's quantiser; verification checks that f16 file against
+    torch and reports how far the quantisation moved it."""
+    import tempfile
+
+    from engine.export.gguf_verify import quantised_agreement, verify_merged
     from engine.export.ollama import write_modelfile
 
+    if outtype not in OUTTYPES:
+        raise UserError(f"--outtype {outtype}: choose one of {', '.join(OUTTYPES)}")
     run = load_run(run_dir)
     out = out or run_dir / "export" / f"merged-{outtype}.gguf"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -124,12 +140,21 @@ def export_merged(run_dir: Path, out: Path | None, verify: bool = True,
         log.info("the base is a GGUF file; the merged model holds its dequantised weights in %s",
                  outtype)
     started = time.perf_counter()
-    write_model(run.torch_folder, out, outtype, run.adapter_dir)
-    log.info("merged model written: %s (%.1f s)", out, time.perf_counter() - started)
-    if verify:
-        report = verify_merged(out, run.torch_folder, run.adapter_dir)
-        write_atomic(out.parent / f"{out.stem}.verification.json",
-                     lambda partial: partial.write_text(report.to_json()))
+    quantised = outtype in QUANTISATIONS
+    with tempfile.TemporaryDirectory(prefix="edgetune-merge-", dir=out.parent) as scratch:
+        written = Path(scratch) / "merged-f16.gguf" if quantised else out
+        write_model(run.torch_folder, written, "f16" if quantised else outtype, run.adapter_dir)
+        report = verify_merged(written, run.torch_folder, run.adapter_dir) if verify else None
+        if quantised:
+            write_atomic(out, lambda partial: quantize(written, partial, outtype))
+        log.info("merged model written: %s (%.1f s)", out, time.perf_counter() - started)
+        if report is not None:
+            result = json.loads(report.to_json())
+            if quantised:
+                result["quantised"] = {"outtype": outtype,
+                                       **quantised_agreement(out, written, run.torch_folder)}
+            write_atomic(out.parent / f"{out.stem}.verification.json",
+                         lambda partial: partial.write_text(json.dumps(result, indent=2)))
     write_modelfile(out.with_suffix(".Modelfile"), out, None, run.chat_template,
                     stop_words(run.torch_folder))
     return out

@@ -247,3 +247,19 @@ def verify_merged(merged_gguf: Path, torch_folder: Path, adapter_dir: Path) -> V
     report = Verification(**fields, scale0_exact=None, tokenizer_agreement=float(np.mean(same)),
                           float_base=None, seconds=time.perf_counter() - started)
     return _check(report, merged_gguf)
+
+
+def quantised_agreement(quantised: Path, float_model: Path, folder: Path) -> dict:
+    """How far llama.cpp's quantisation moved the merged model: the quantised file against the
+    f16 one it was made from, on the sample prompts (reported, not gated: a 4-bit model is
+    expected to differ; the f16 file was checked against torch)."""
+    prompts = _prompt_ids(folder)
+    reference, got = llama_logits(float_model, prompts), llama_logits(quantised, prompts)
+    vocab = min(reference.shape[1], got.shape[1])
+    reference, got = reference[:, :vocab], got[:, :vocab]
+    cosine = np.sum(reference * got, 1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(got, axis=1))
+    return {"positions": int(reference.shape[0]),
+            "top1_agreement_with_f16": float(np.mean(reference.argmax(1) == got.argmax(1))),
+            "mean_logit_cosine_with_f16": float(np.mean(cosine)),
+            "max_abs_diff_with_f16": float(np.abs(reference - got).max())}
+

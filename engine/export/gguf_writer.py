@@ -246,3 +246,23 @@ def stop_words(folder: Path) -> list[str]:
         if marker in tokenizer.get_vocab() and marker not in words:
             words.append(marker)
     return words
+
+
+# What llama.cpp users pick (LM Studio, Ollama, PocketPal): llama.cpp's own quantisations of an
+# f16 file. K-quants need rows of 256; llama.cpp falls back per tensor where a row is shorter.
+QUANTISATIONS = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+OUTTYPES = ("f16", "f32", *QUANTISATIONS)
+
+
+def quantize(source: Path, path: Path, outtype: str, threads: int = 0) -> None:
+    """llama.cpp's quantiser (llama_model_quantize) from an f16/f32 GGUF `source` to `path`."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANTISATIONS[outtype])
+    params.nthread = threads
+    failed = llama_cpp.llama_model_quantize(str(source).encode(), str(path).encode(), params)
+    if failed:
+        raise UserError(f"llama.cpp could not quantise {source} to {outtype} (code {failed}); "
+                        "export with --outtype f16 instead")
+

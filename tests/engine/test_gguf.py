@@ -152,6 +152,30 @@ def test_folder_base_merged_and_adapter_exports(tiny_model, random_adapter, tmp_
     assert report["delta_correlation"] > 0.999 and report["scale0_exact"] is True
 
 
+@pytest.mark.parametrize("outtype", ["q8_0", "q4_k_m"])
+def test_merged_export_quantised_by_llama_cpp(tiny_model, random_adapter, tmp_path, outtype):
+    """What Ollama / PocketPal users pick: llama.cpp's own quantisation of the checked f16 file,
+    with its agreement with that f16 file reported beside the f16 check."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    run = make_run(tmp_path / "run", tiny_model, random_adapter)
+    assert run_tool("export", [str(run), "--format", "merged-gguf", "--outtype", outtype]) == 0
+    merged = run / "export" / f"merged-{outtype}.gguf"
+    types = {t.tensor_type for t in GGUFReader(str(merged)).tensors}
+    floats = {GGMLQuantizationType.F32, GGMLQuantizationType.F16}
+    assert types - floats, f"{outtype}: no quantised tensor in {types}"
+    assert not list((run / "export").glob("edgetune-merge-*")), "the f16 intermediate is left"
+    report = json.loads((run / "export" / f"merged-{outtype}.verification.json").read_text())
+    print(f"\ntiny merged {outtype}:", report["quantised"])
+    assert report["delta_correlation"] > 0.9999 and report["top1_agreement"] == 1.0  # f16 vs torch
+    quantised = report["quantised"]
+    assert quantised["outtype"] == outtype and quantised["positions"] > 0
+    assert quantised["mean_logit_cosine_with_f16"] > (0.999 if outtype == "q8_0" else 0.9)
+    assert quantised["top1_agreement_with_f16"] > (0.9 if outtype == "q8_0" else 0.5)
+    entries = _parse_modelfile(merged.with_suffix(".Modelfile"))
+    assert entries["FROM"] == [f"./merged-{outtype}.gguf"]
+
+
 def test_gemma3_adapter_keeps_rows_in_order(tmp_path):
     """Gemma 3 runs on llama.cpp's NeoX rope: names mapped, nothing permuted."""
     from gguf import GGUFReader
