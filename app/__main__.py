@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.main_window import MainWindow
 
     window = MainWindow()
-    window.load_config(DEMO_CONFIG)
+    window.setup.load_config(DEMO_CONFIG)
     window.show()
     return app.exec()
 

@@ -33,7 +33,7 @@ from app.main_window import MainWindow
 from app.__main__ import DEMO_CONFIG
 window = MainWindow(settings=QSettings(sys.argv[1], QSettings.Format.IniFormat),
                     runs_root=sys.argv[2])
-window.load_config(DEMO_CONFIG)
+window.setup.load_config(DEMO_CONFIG)
 window.show()
 window.grab()
 print(f"{time.perf_counter() - started:.3f}", flush=True)

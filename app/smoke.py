@@ -76,7 +76,7 @@ def run(app: QApplication) -> int:
             config_io.save(config, config_path)
 
             started = time.monotonic()
-            window.load_config(config_path)  # starts the probe and the dataset inspection
+            window.setup.load_config(config_path)  # starts the probe and the dataset inspection
             answer = wait_for(window.model_probe.sig_answered, MODEL_SECONDS)
             report(f"model probed: {time.monotonic() - started:.2f} s")
             if not answer or "architecture" not in answer[0]:

@@ -32,6 +32,6 @@ def test_schema_override_and_token_counts(make_window, qtbot, tiny_model, classi
         window.preview.schema.setCurrentText("text")
     assert (inspected.args[0]["schema"], inspected.args[0]["task"]) == ("text", "sft")
     assert "schema <b>text</b>" in window.preview.summary.text()
-    config = window.current_config()
+    config = window.setup.current_config()
     assert config.schema == "text"
-    assert "schema: text" in window.show_yaml().yaml_text
+    assert "schema: text" in window.setup.show_yaml().yaml_text

@@ -53,7 +53,7 @@ def test_memory_bar_follows_settings_and_blocks_start(make_window, qtbot, tiny_m
     widget = window.form.widgets[field]
     widget.setCurrentText(value) if hasattr(widget, "setCurrentText") else widget.setValue(int(value))
     assert device.blocking_reason == "" and window.start_button.isEnabled()
-    assert window.current_config().memory_budget_gb == 0.8
+    assert window.setup.current_config().memory_budget_gb == 0.8
 
 
 def test_memory_bar_sizes_a_long_sft_run_as_the_engine_does(make_window, qtbot, tiny_model,
@@ -77,10 +77,10 @@ def test_memory_bar_sizes_a_long_sft_run_as_the_engine_does(make_window, qtbot, 
         window.form.widgets[name].setValue(value)
     device = window.device
     with qtbot.waitSignal(window.preview.sig_inspected, timeout=PROBE_TIMEOUT_MS) as inspected:
-        window.set_dataset(str(data))
+        window.setup.set_dataset(str(data))
         assert device.estimate_bytes is not None  # sized for the worst until the answer
     assert inspected.args[0]["task"] == "sft" and inspected.args[0]["longest_completion_tokens"] > 150
-    config = window.current_config()
+    config = window.setup.current_config()
     assert config.task == "auto"
     as_classification = estimate(device.shape, config).total_bytes
     # What the bar showed before (the tiny model's vocabulary is small: a 470 MiB runtime
@@ -99,7 +99,7 @@ def test_memory_bar_sizes_a_long_sft_run_as_the_engine_does(make_window, qtbot, 
     assert as_classification < budget * 2**30 < device.estimate_bytes
     device.budget.setValue(budget)
     assert device.blocking_reason and not window.start_button.isEnabled()
-    refused = dataclasses.replace(window.current_config(), output_dir=str(tmp_path / "refused"))
+    refused = dataclasses.replace(window.setup.current_config(), output_dir=str(tmp_path / "refused"))
     trainer = Trainer(refused, EventBus([Recorder()]))
     with pytest.raises(UserError, match="memory_budget_gb"):
         try:
@@ -118,7 +118,7 @@ def test_profile_picker_sets_device_and_is_remembered(make_window, qtbot, tiny_m
     combo = window.device.profile_combo
     combo.setCurrentIndex(combo.findData("nvidia-cuda"))
     combo.activated.emit(combo.currentIndex())
-    config = window.current_config()
+    config = window.setup.current_config()
     assert (config.device, config.dtype, config.memory_budget_gb) == ("cuda", "bfloat16", 8.0)
     assert window.device.estimate_bytes < cpu_estimate  # bf16 weights take half the bytes
     window.device.budget.setValue(3.5)
@@ -153,9 +153,9 @@ def test_recent_models_menu(make_window, tiny_model):
     assert window.device.estimate_bytes is not None and window.model_probe.is_running() is False
     window.model_edit.setText("")
     assert window.device.estimate_bytes is None
-    window._remember_model("default")
-    window._remember_model(str(tiny_model))
-    window._fill_recent_menu()
+    window.model_picker.remember("default")
+    window.model_picker.remember(str(tiny_model))
+    window.model_picker._fill_recent_menu()
     actions = window.recent_button.menu().actions()
     assert [a.text() for a in actions] == [str(tiny_model), "default"]
     actions[0].trigger()

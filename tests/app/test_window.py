@@ -94,7 +94,7 @@ def test_end_to_end_training_from_the_window(make_window, qtbot, tiny_model, cla
     assert window.runs_list.count() == 1
     # The config the engine got sits beside the run; recent models remember the choice.
     assert (window.runs_root / f"{output_dir.name}.yaml").is_file()
-    assert window.recent_models() == [str(tiny_model)]
+    assert window.model_picker.recent_models() == [str(tiny_model)]
     # Reopening the run from history redraws the same curves from metrics.jsonl.
     window.open_runs([window.runs_list.item(0)])
     assert window.curves.point_count("loss") == 4
@@ -159,21 +159,21 @@ def test_drop_model_folder_and_gguf(make_window, qtbot, tiny_model, tmp_path):
 def test_settings_yaml_and_presets(make_window, tiny_model, classification_data, tmp_path):
     window = make_window()
     fill_tiny(window, tiny_model, classification_data)
-    dialog = window.show_yaml()
+    dialog = window.setup.show_yaml()
     assert "steps: 4" in dialog.yaml_text and "- ' terrible'" in dialog.yaml_text
     dialog.close()
     window.form.apply_preset("Train for 10 minutes")
-    assert window.current_config().time_budget_minutes == 10
-    assert window.current_config().optimizer.schedule == "cosine"
+    assert window.setup.current_config().time_budget_minutes == 10
+    assert window.setup.current_config().optimizer.schedule == "cosine"
     window.form.apply_preset("Quality")
-    assert window.current_config().steps == 1000 and window.current_config().optimizer.q == 8
-    assert window.current_config().time_budget_minutes == 0  # a step preset clears the budget
+    assert window.setup.current_config().steps == 1000 and window.setup.current_config().optimizer.q == 8
+    assert window.setup.current_config().time_budget_minutes == 0  # a step preset clears the budget
     window.form.widgets["optimizer.lr"].setText("fast")
     window.start()
     assert "optimizer.lr" in window.status_line.text() and window.run.state == "idle"
     window.form.widgets["optimizer.lr"].setText("0.01")
     window.form.widgets["backend"].setCurrentText("executorch")
-    assert window.current_config().backend == "executorch"
+    assert window.setup.current_config().backend == "executorch"
     window.form.widgets["optimizer.name"].setCurrentText("fo")
     window.start()
     assert "backend&quot; is executorch" in window.status_line.text() and window.run.state == "idle"

@@ -120,7 +120,7 @@ def test_bad_configs_loaded_in_the_window_name_the_field(make_window, ctx, monke
         monkeypatch.setattr(QFileDialog, "getOpenFileName",
                             staticmethod(lambda *args, p=path: (str(p), "YAML (*.yaml *.yml)")))
         load.click()
-        box = window.message_box
+        box = window.setup.message_box
         assert box is not None and box.isVisible() and box.windowTitle() == "Config not loaded"
         _check_shown(box.text(), CASE[name].expect)
         box.close()
@@ -287,7 +287,7 @@ def _save_to(window, monkeypatch, path: Path):
     monkeypatch.setattr(QFileDialog, "getSaveFileName",
                         staticmethod(lambda *args: (str(path), "YAML (*.yaml)")))
     _save_button(window).click()
-    box = window.message_box
+    box = window.setup.message_box
     assert box is not None and box.isVisible() and box.windowTitle() == "Config not saved"
     return box
 
@@ -350,9 +350,9 @@ def test_engine_tools_that_cannot_start_say_so(make_window, qtbot, tiny_model, c
                         lambda *args: [str(tmp_path / "no-such-python"), "-m", "engine", *args])
     window = make_window()
     with qtbot.waitSignal(window.model_probe.sig_answered, timeout=10_000):
-        window.probe_model(str(tiny_model))
+        window.model_picker.probe_model(str(tiny_model))
     with qtbot.waitSignal(window.preview.sig_inspected, timeout=10_000):
-        window.set_dataset(str(ctx.data))
+        window.setup.set_dataset(str(ctx.data))
     for label in (window.model_summary, window.preview.summary):
         shown = _plain(label.text())
         assert "the engine could not be started" in shown and "no-such-python" in shown
