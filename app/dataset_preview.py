@@ -25,7 +25,9 @@ from PySide6.QtWidgets import (
 )
 
 from app.json_tool import JsonTool
-from engine.api.config import CHOICES
+from app.settings_form import name_the_controls
+from app.wheel_guard import wheel_only_when_focused
+from engine.api.config import CHOICES, field_doc
 
 PREVIEW_ROWS = 20
 CELL_CHARS = 200
@@ -98,6 +100,8 @@ class DatasetPreview(QWidget):
 
     sig_inspected = Signal(dict)
     """The engine's inspect-dataset result ({} with an "errors" entry when it failed)."""
+    sig_validity_changed = Signal(str)
+    """Why no run can start on this dataset ("" when one can, or it is not inspected yet)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -108,16 +112,18 @@ class DatasetPreview(QWidget):
         self.table.setMinimumHeight(120)
         self._path = Path()
         self._options: list[str] = []
+        self.blocking_reason = ""
         self.inspection = JsonTool("inspect-dataset", self)
         self.inspection.sig_answered.connect(self._inspected)
         # The engine reads columns by schema (text+label, prompt+completion, …); when detection
         # guesses wrong, the user says which layout the columns follow (config field `schema`).
         self.schema = QComboBox()
         self.schema.addItems(list(CHOICES["schema"]))
-        self.schema.setToolTip("What the columns hold: auto detects it; pick one when it guesses wrong")
+        self.schema.setToolTip(field_doc("schema").help)
         self.schema.currentTextChanged.connect(lambda _: self.inspect())
+        wheel_only_when_focused(self.schema)
         mapping = QFormLayout()
-        mapping.addRow("Columns follow", self.schema)
+        mapping.addRow(field_doc("schema").label, self.schema)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(mapping)
@@ -145,6 +151,7 @@ class DatasetPreview(QWidget):
         for column in range(self.table.columnCount()):  # long texts must not hide the label
             self.table.setColumnWidth(column, min(self.table.columnWidth(column), COLUMN_PX))
         self._path = path
+        self._set_blocking("")  # not known until the engine answers about this file
         self.inspect(options, note)
 
     def inspect(self, options: list[str] | None = None, note: str = "") -> None:
@@ -162,12 +169,22 @@ class DatasetPreview(QWidget):
     def _inspected(self, result: dict) -> None:
         path = self._path
         errors = result.get("errors") or []
-        if "schema" not in result:  # the tool gave no answer, only a reason
-            message = _escape(str(errors[0]["message"])) if errors else "inspection failed"
-            self.summary.setText(f"<b>{path.name}</b>: <span style='color:#b00'>{message}</span>")
+        if "schema" not in result:
+            # No answer, only a reason: the file is no dataset (missing, binary, empty, …), and
+            # no setting changes that. Errors about rows or label words come with an answer and
+            # leave the run to the engine's own check: the form (label words, skipping bad rows)
+            # may fix them, and this inspection does not rerun for every setting.
+            message = name_the_controls(str(errors[0]["message"])) if errors else "inspection failed"
+            self.summary.setText(f"<b>{path.name}</b>: <span style='color:#b00'>{_escape(message)}</span>")
+            self._set_blocking(message)
         else:
             self.summary.setText(summary_html(path, result))
         self.sig_inspected.emit(result)
+
+    def _set_blocking(self, reason: str) -> None:
+        if reason != self.blocking_reason:
+            self.blocking_reason = reason
+            self.sig_validity_changed.emit(reason)
 
 
 def summary_html(path: Path, result: dict) -> str:
@@ -189,7 +206,8 @@ def summary_html(path: Path, result: dict) -> str:
                      f"{tokens['p95']}, max {tokens['max']}; {tokens['truncated']} of "
                      f"{result.get('sample_rows')} sampled rows over max_seq_len {tokens['max_seq_len']}")
     for error in result.get("errors") or []:
-        parts.append(f"<span style='color:#b00'>{_escape(str(error.get('message')))}</span>")
+        message = name_the_controls(str(error.get("message")))
+        parts.append(f"<span style='color:#b00'>{_escape(message)}</span>")
     return "<br>".join(parts)
 
 

@@ -24,8 +24,9 @@ import psutil
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QProgressBar, QWidget
 
+from app.wheel_guard import wheel_only_when_focused
 from engine.api import profiles
-from engine.api.config import TrainConfig
+from engine.api.config import TrainConfig, field_doc
 from engine.api.estimate import Shape, estimate, scored_columns, suggest
 
 GIB = 2**30
@@ -106,6 +107,11 @@ class DevicePanel(QWidget):
                                            Qt.ItemDataRole.ToolTipRole)
         self.budget = QDoubleSpinBox(minimum=0.25, maximum=4096.0, singleStep=0.5, decimals=2,
                                      suffix=" GiB")
+        budget_doc = field_doc("memory_budget_gb")
+        self.budget.setToolTip(f"{budget_doc.help} This machine has {self._ram_gib():.1f} GiB of RAM.")
+        wheel_only_when_focused(self.profile_combo, self.budget)
+        # A budget above the RAM never stops a run: the system swaps or ends it first.
+        self.ram_warning = QLabel("", wordWrap=True, visible=False)
         self.bar = QProgressBar(minimum=0, maximum=BAR_STEPS, textVisible=True)
         self.bar.setFormat("estimate: pick a model")
         self.reason = QLabel("", wordWrap=True)
@@ -113,7 +119,8 @@ class DevicePanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addRow("This machine", self.hardware_label)
         layout.addRow("Profile", self.profile_combo)
-        layout.addRow("Memory budget", self.budget)
+        layout.addRow(budget_doc.label, self.budget)
+        layout.addRow(self.ram_warning)
         layout.addRow("Estimated peak", self.bar)
         layout.addRow(self.reason)
 
@@ -125,6 +132,20 @@ class DevicePanel(QWidget):
             self.budget.setValue(float(saved_budget))
         self.profile_combo.activated.connect(lambda _: self._profile_picked())
         self.budget.valueChanged.connect(self._budget_changed)
+        self.budget.valueChanged.connect(self._check_ram)
+        self._check_ram(self.budget.value())
+
+    def _ram_gib(self) -> float:
+        return self.hardware.memory_bytes / GIB
+
+    def _check_ram(self, budget_gb: float) -> None:
+        ram = self._ram_gib()
+        over = budget_gb > ram
+        self.ram_warning.setText(
+            f"<span style='color:#b00'>The budget is above this machine's {ram:.1f} GiB of RAM: the "
+            f"system would swap or end the run before the budget stops it; set {ram:.1f} GiB or "
+            "less.</span>" if over else "")
+        self.ram_warning.setVisible(over)
 
     def _budget_changed(self, value: float) -> None:
         self.settings.setValue("device/profile", self.profile_combo.currentData())

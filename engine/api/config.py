@@ -1,14 +1,16 @@
 """The run configuration: one dataclass tree, loaded from YAML, overridable from the CLI.
 
-Every field says what it trades off. `validate` is the one place that checks values; its
-errors name the field (dotted path) and the allowed range.
+Every field carries a short label and a help text saying what it trades off (`setting`); the
+app's settings form shows them, so the words live here once. `validate` is the one place that
+checks values; its errors name the field (dotted path) and the allowed range.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,154 +21,225 @@ from engine.api.errors import UserError
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def setting(default: Any = MISSING, *, label: str, help: str,
+            factory: Callable[[], Any] | Any = MISSING) -> Any:
+    """A config field with its label (a few words naming it) and help (what it trades off)."""
+    return field(default=default, default_factory=factory, metadata={"label": label, "help": help})
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    label: str
+    help: str
+
+
+def field_doc(dotted: str) -> FieldDoc:
+    """The label and help text of a field (dotted path, e.g. "optimizer.q")."""
+    cls: Any = TrainConfig
+    *sections, name = dotted.split(".")
+    for section in sections:
+        cls = typing.get_type_hints(cls)[section]
+    metadata = next(f for f in dataclasses.fields(cls) if f.name == name).metadata
+    return FieldDoc(metadata["label"], metadata["help"])
+
+
 @dataclass
 class OptimizerConfig:
-    # prge: batched zeroth-order (forward only, inference memory, the default); mezo: the same
-    # estimator with 2q sequential passes (the speed baseline); fo: backprop + AdamW on the LoRA
-    # weights (best accuracy per step, but activation memory grows with batch and length).
-    name: str = "prge"
-    # Directions per step. More directions lower the gradient estimate's variance but widen the
-    # batched pass (2q copies in dual mode); keep q * batch_size roughly constant (paper: 16).
-    q: int = 4
-    # dual: the + and - perturbations share one pass (2q copies, fastest); single: two passes
-    # of q copies each (half the activation memory of dual).
-    mode: str = "dual"
-    # Perturbation scale. Too small drowns the loss difference in float noise; too large biases
-    # the finite difference.
-    eps: float = 1e-2
-    # Step size. Zeroth-order steps are noisy: 1e-2 moves LoRA-FA on a 135M model within a few
-    # hundred steps; 1e-3 barely moves it. For fo (AdamW) use about 1e-3.
-    lr: float = 1e-2
-    # AdamW weight decay, fo only.
-    weight_decay: float = 0.0
-    # prge only. two-sided: L(θ+εz) − L(θ−εz) per direction (2 copies each). one-sided (FZOO):
-    # L(θ+εz) − L(θ) against one shared unperturbed copy, so a pass of 2q copies measures 2q − 1
-    # directions instead of q; slightly more bias (O(ε) instead of O(ε²)), much less variance per
-    # pass. With one-sided, q counts directions and the pass holds q + 1 copies.
-    estimator: str = "two-sided"
-    # gaussian: z ~ N(0, I) (MeZO, the paper). rademacher: z ∈ {−1, +1} (FZOO): the same
-    # expectation, lower variance of ‖z‖, cheaper to draw.
-    directions: str = "gaussian"
-    # none: the step is lr · projected gradient, so it follows the loss scale. loss-std (FZOO,
-    # prge only): the loss differences are divided by the standard deviation of the step's
-    # perturbed losses, a normalised step that is large far from a basin and shrinks near it;
-    # lr then sets the step size directly (ε drops out of it).
-    normalize: str = "none"
-    # Heavy-ball momentum on the gradient estimate (0 = off). Averages directions over about
-    # 1 / (1 − momentum) steps: less noise per step, slower to turn; costs one flat vector the
-    # size of the adapter (checkpointed).
-    momentum: float = 0.0
-    # constant: lr throughout (the paper). cosine: lr decays to 0 over the run (its steps, or its
-    # time budget when that ends it first), which stops the drift of a constant-lr ZO run near a
-    # basin.
-    schedule: str = "constant"
-    # Steps over which lr ramps up linearly from lr / warmup_steps (0 = no warm-up).
-    warmup_steps: int = 0
+    name: str = setting(
+        "prge", label="Optimizer",
+        help="prge: batched zeroth-order (forward only, inference memory, the default); mezo: the "
+             "same estimator with 2q sequential passes (the speed baseline); fo: backprop + AdamW "
+             "on the LoRA weights (best accuracy per step, but activation memory grows with batch "
+             "and length).")
+    q: int = setting(
+        4, label="Perturbations per step (q)",
+        help="Directions per step. More directions lower the gradient estimate's variance but "
+             "widen the batched pass (2q copies in dual mode); keep q * batch_size roughly "
+             "constant (paper: 16).")
+    mode: str = setting(
+        "dual", label="Perturbation passes",
+        help="dual: the + and - perturbations share one pass (2q copies, fastest); single: two "
+             "passes of q copies each (half the activation memory of dual).")
+    eps: float = setting(
+        1e-2, label="Perturbation scale (ε)",
+        help="Too small drowns the loss difference in float noise; too large biases the finite "
+             "difference.")
+    lr: float = setting(
+        1e-2, label="Learning rate",
+        help="Step size. Zeroth-order steps are noisy: 1e-2 moves LoRA-FA on a 135M model within "
+             "a few hundred steps; 1e-3 barely moves it. For fo (AdamW) use about 1e-3.")
+    weight_decay: float = setting(0.0, label="Weight decay", help="AdamW weight decay, fo only.")
+    estimator: str = setting(
+        "two-sided", label="Gradient estimator",
+        help="prge only. two-sided: L(θ+εz) − L(θ−εz) per direction (2 copies each). one-sided "
+             "(FZOO): L(θ+εz) − L(θ) against one shared unperturbed copy, so a pass of 2q copies "
+             "measures 2q − 1 directions instead of q; slightly more bias (O(ε) instead of "
+             "O(ε²)), much less variance per pass. With one-sided, q counts directions and the "
+             "pass holds q + 1 copies.")
+    directions: str = setting(
+        "gaussian", label="Direction distribution",
+        help="gaussian: z ~ N(0, I) (MeZO, the paper). rademacher: z ∈ {−1, +1} (FZOO): the same "
+             "expectation, lower variance of ‖z‖, cheaper to draw.")
+    normalize: str = setting(
+        "none", label="Step normalisation",
+        help="none: the step is lr · projected gradient, so it follows the loss scale. loss-std "
+             "(FZOO, prge only): the loss differences are divided by the standard deviation of "
+             "the step's perturbed losses, a normalised step that is large far from a basin and "
+             "shrinks near it; lr then sets the step size directly (ε drops out of it).")
+    momentum: float = setting(
+        0.0, label="Momentum",
+        help="Heavy-ball momentum on the gradient estimate (0 = off). Averages directions over "
+             "about 1 / (1 − momentum) steps: less noise per step, slower to turn; costs one flat "
+             "vector the size of the adapter (checkpointed).")
+    schedule: str = setting(
+        "constant", label="Learning-rate schedule",
+        help="constant: lr throughout (the paper). cosine: lr decays to 0 over the run (its "
+             "steps, or its time budget when that ends it first), which stops the drift of a "
+             "constant-lr ZO run near a basin.")
+    warmup_steps: int = setting(
+        0, label="Warm-up steps",
+        help="Steps over which lr ramps up linearly from lr / warmup_steps (0 = no warm-up).")
 
 
 @dataclass
 class LoraConfig:
-    # lora-fa: A frozen (random) and shared across copies, only B trained (half the perturbed
-    # parameters, the paper's choice); lora: A and B both trained (more capacity, more noise).
-    variant: str = "lora-fa"
-    # Rank: capacity of the adapter against its size and the zeroth-order noise (which grows
-    # with the number of trained parameters).
-    rank: int = 8
-    # Output scale is alpha / rank.
-    alpha: float = 16.0
-    # Linear layers that get an adapter, by their module name suffix.
-    targets: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))
-    # Adapt only the top N decoder layers (0 = all). Fewer trained values lower the zeroth-order
-    # noise, and every layer below the first adapted one runs once per step instead of once per
-    # perturbation copy (the shared prefix), so steps get cheaper too; too few layers limit
-    # what the adapter can change.
-    top_layers: int = 0
+    variant: str = setting(
+        "lora-fa", label="LoRA variant",
+        help="lora-fa: A frozen (random) and shared across copies, only B trained (half the "
+             "perturbed parameters, the paper's choice); lora: A and B both trained (more "
+             "capacity, more noise).")
+    rank: int = setting(
+        8, label="LoRA rank",
+        help="Capacity of the adapter against its size and the zeroth-order noise (which grows "
+             "with the number of trained parameters).")
+    alpha: float = setting(16.0, label="LoRA alpha", help="Output scale is alpha / rank.")
+    targets: list[str] = setting(
+        factory=lambda: list(ALL_PROJECTIONS), label="LoRA target layers",
+        help="Linear layers that get an adapter, by their module name suffix.")
+    top_layers: int = setting(
+        0, label="Adapted top layers",
+        help="Adapt only the top N decoder layers (0 = all). Fewer trained values lower the "
+             "zeroth-order noise, and every layer below the first adapted one runs once per step "
+             "instead of once per perturbation copy (the shared prefix), so steps get cheaper "
+             "too; too few layers limit what the adapter can change.")
 
 
 @dataclass
 class TrainConfig:
-    # Base model: a Hugging Face folder, a hub id (HF cache; HF_HUB_OFFLINE respected) or a .gguf
-    # file (converted once and cached).
-    model: str = ""
-    # Training data file or folder (see engine/data.py for the formats).
-    dataset: str = ""
-    # Held-out data; empty means a seeded split of `dataset` (eval_fraction of it).
-    eval_dataset: str = ""
-    # Column layout: auto (detected) | classification | prompt_completion | alpaca | messages |
-    # conversations | text. Force it only when detection guesses wrong.
-    schema: str = "auto"
-    # Train without malformed rows instead of stopping (they are counted and reported).
-    skip_bad_rows: bool = False
-    # Share of `dataset` held out when eval_dataset is empty.
-    eval_fraction: float = 0.1
-    # Rows scored at each evaluation (0 = all). Fewer rows: faster evals, noisier curves.
-    eval_rows: int = 200
-    # auto (from the data's columns) | classification (label-word scoring) | sft (causal LM loss
-    # on the completion tokens).
-    task: str = "auto"
-    # Classification: the word the model should say for each label, in label order, e.g.
-    # [" terrible", " great"]. Empty: inferred when the labels are words.
-    label_words: list[str] = field(default_factory=list)
-    # Classification: how a row becomes the prompt; {text} is the row's text (the only field;
-    # {{ and }} are literal braces). The label word is scored right after it.
-    prompt_template: str = "{text} It was"
-    # Run folder (config, metrics, checkpoints, adapter). A folder holding a run is refused
-    # unless --resume is given.
-    output_dir: str = "runs/run"
-    # Optimiser steps (an upper bound when time_budget_minutes is set).
-    steps: int = 200
-    # Stop after this many minutes of training (0 = off), exactly as after the last step:
-    # evaluation, checkpoint, adapter. Evaluation and setup time are not counted.
-    time_budget_minutes: float = 0.0
-    # Stop when this many evaluations in a row bring no better held-out score (0 = off). The
-    # adapter written at the end is always the best evaluated one.
-    early_stopping_patience: int = 0
-    # Distinct examples per step (b). Each is repeated for every perturbation copy.
-    batch_size: int = 4
-    # Longer rows are truncated from the left (the answer position is kept). Memory and time
-    # grow linearly with it.
-    max_seq_len: int = 128
-    # Seeds the split, the batch order, the LoRA init and every perturbation.
-    seed: int = 0
-    # Evaluate every N steps (0 = only before the first and after the last step).
-    eval_every: int = 50
-    # Write a resumable checkpoint every N steps (0 = only at the end or on stop).
-    checkpoint_every: int = 50
-    # Checkpoints kept on disk (older ones are deleted once a newer one is verified).
-    keep_checkpoints: int = 2
-    # auto | cpu | cuda | mps.
-    device: str = "auto"
-    # The frozen base's precision (the trained adapter, its perturbations and updates stay
-    # float32 whatever this is): auto (float32 on CPU and MPS, bfloat16 on CUDA) | float32 |
-    # bfloat16 (half the weight memory; fast only where the CPU has native bf16) | float16 |
-    # int8 (weight-only int8 projections via torchao, computing in float32: about a quarter of
-    # the projections' memory, slightly perturbed logits).
-    dtype: str = "auto"
-    # CPU threads for torch (0 = torch's default). Pin it to compare timings. Per worker when
-    # workers > 1 (torch's launcher then defaults each worker to 1 thread).
-    threads: int = 0
-    # Worker processes for one run (torch.distributed: gloo on CPU, nccl on CUDA; docs/
-    # distributed.md). Each worker evaluates its share of the step's q directions and they
-    # exchange only the losses (16 bytes per direction), so a forward-bound step gets shorter;
-    # but each worker holds its own copy of the model (memory × workers on one machine) and
-    # redraws all q directions for the update. At most optimizer.q; prge with backend pytorch
-    # only. 1 = one process. Under an external torchrun, the launcher's worker count wins.
-    workers: int = 1
-    # Seconds a worker waits for the others (at start and at every exchange) before it ends the
-    # run with an error. A killed worker is noticed at once whatever this is; the timeout catches
-    # hung workers and lost machines, so it must exceed the longest gap between two exchanges
-    # (an evaluation batch, or a checkpoint or adapter write by worker 0).
-    worker_timeout_seconds: float = 300.0
-    # Stop with a checkpoint when the process RSS crosses this many GiB (0 = no limit).
-    memory_budget_gb: float = 0.0
-    # Allow model code from the hub (runs arbitrary Python from the model repository).
-    trust_remote_code: bool = False
-    # Where the training forward passes run. pytorch: eager PyTorch on `device`. executorch: a
-    # lowered ExecuTorch program (XNNPACK, float32 CPU) run by ExecuTorch's own runtime, the way
-    # a phone would train; zeroth-order optimisers only. It costs a one-off export and lowering
-    # at setup (minutes for a 135M model; cached in the run folder for resume). Evaluation stays
-    # eager.
-    backend: str = "pytorch"
+    model: str = setting(
+        "", label="Model",
+        help="Base model: a Hugging Face folder, a hub id (HF cache; HF_HUB_OFFLINE respected) or "
+             "a .gguf file (converted once and cached).")
+    dataset: str = setting(
+        "", label="Dataset",
+        help="Training data: a .jsonl, .json, .csv, .tsv, .parquet or .txt file, or a folder "
+             "holding train.* (and valid.* or test.* as held-out data).")
+    eval_dataset: str = setting(
+        "", label="Held-out dataset",
+        help="Held-out data; empty means a seeded split of the dataset (eval_fraction of it).")
+    schema: str = setting(
+        "auto", label="Column layout",
+        help="What the columns hold: auto (detected) | classification | prompt_completion | "
+             "alpaca | messages | conversations | text. Force it only when detection guesses "
+             "wrong.")
+    skip_bad_rows: bool = setting(
+        False, label="Skip malformed rows",
+        help="Train without malformed rows instead of stopping (they are counted and reported).")
+    eval_fraction: float = setting(
+        0.1, label="Held-out share",
+        help="Share of the dataset held out for evaluation when there is no separate held-out "
+             "file. More: steadier scores, fewer training rows.")
+    eval_rows: int = setting(
+        200, label="Evaluation rows",
+        help="Rows scored at each evaluation (0 = all). Fewer rows: faster evals, noisier "
+             "curves.")
+    task: str = setting(
+        "auto", label="Task",
+        help="auto (from the data's columns) | classification (label-word scoring) | sft (causal "
+             "LM loss on the completion tokens).")
+    label_words: list[str] = setting(
+        factory=list, label="Label words",
+        help='Classification: the word the model should say for each label, in label order, '
+             'e.g. [" terrible", " great"]. Empty: inferred when the labels are words.')
+    prompt_template: str = setting(
+        "{text} It was", label="Prompt template",
+        help="Classification: how a row becomes the prompt; {text} is the row's text (the only "
+             "field; {{ and }} are literal braces). The label word is scored right after it.")
+    output_dir: str = setting(
+        "runs/run", label="Run folder",
+        help="Where the run's config, metrics, checkpoints and adapter go. A folder holding a run "
+             "is refused unless --resume is given.")
+    steps: int = setting(
+        200, label="Steps",
+        help="Optimiser steps (an upper bound when a time budget is set).")
+    time_budget_minutes: float = setting(
+        0.0, label="Time budget (minutes)",
+        help="Stop after this many minutes of training (0 = off), exactly as after the last step: "
+             "evaluation, checkpoint, adapter. Evaluation and setup time are not counted.")
+    early_stopping_patience: int = setting(
+        0, label="Early-stopping patience",
+        help="Stop when this many evaluations in a row bring no better held-out score (0 = off). "
+             "The adapter written at the end is always the best evaluated one.")
+    batch_size: int = setting(
+        4, label="Batch size",
+        help="Distinct examples per step (b). Each is repeated for every perturbation copy.")
+    max_seq_len: int = setting(
+        128, label="Max sequence length (tokens)",
+        help="Longer rows are truncated from the left (the answer position is kept). Memory and "
+             "time grow linearly with it.")
+    seed: int = setting(
+        0, label="Seed", help="Seeds the split, the batch order, the LoRA init and every perturbation.")
+    eval_every: int = setting(
+        50, label="Evaluate every (steps)",
+        help="Evaluate every N steps (0 = only before the first and after the last step).")
+    checkpoint_every: int = setting(
+        50, label="Checkpoint every (steps)",
+        help="Write a resumable checkpoint every N steps (0 = only at the end or on stop).")
+    keep_checkpoints: int = setting(
+        2, label="Checkpoints kept",
+        help="Checkpoints kept on disk (older ones are deleted once a newer one is verified).")
+    device: str = setting("auto", label="Device", help="auto | cpu | cuda | mps.")
+    dtype: str = setting(
+        "auto", label="Base weight precision",
+        help="The frozen base's precision (the trained adapter, its perturbations and updates "
+             "stay float32 whatever this is): auto (float32 on CPU and MPS, bfloat16 on CUDA) | "
+             "float32 | bfloat16 (half the weight memory; fast only where the CPU has native "
+             "bf16) | float16 | int8 (weight-only int8 projections via torchao, computing in "
+             "float32: about a quarter of the projections' memory, slightly perturbed logits).")
+    threads: int = setting(
+        0, label="CPU threads",
+        help="CPU threads for torch (0 = torch's default). Pin it to compare timings. Per worker "
+             "when workers > 1 (torch's launcher then defaults each worker to 1 thread).")
+    workers: int = setting(
+        1, label="Worker processes",
+        help="Worker processes for one run (torch.distributed: gloo on CPU, nccl on CUDA; "
+             "docs/distributed.md). Each worker evaluates its share of the step's q directions "
+             "and they exchange only the losses (16 bytes per direction), so a forward-bound step "
+             "gets shorter; but each worker holds its own copy of the model (memory × workers on "
+             "one machine) and redraws all q directions for the update. At most optimizer.q; "
+             "prge with backend pytorch only. 1 = one process. Under an external torchrun, the "
+             "launcher's worker count wins. For several machines: python -m engine launch CONFIG "
+             "--nodes K --print.")
+    worker_timeout_seconds: float = setting(
+        300.0, label="Worker timeout (seconds)",
+        help="Seconds a worker waits for the others (at start and at every exchange) before it "
+             "ends the run with an error. A killed worker is noticed at once whatever this is; "
+             "the timeout catches hung workers and lost machines, so it must exceed the longest "
+             "gap between two exchanges (an evaluation batch, or a checkpoint or adapter write by "
+             "worker 0).")
+    memory_budget_gb: float = setting(
+        0.0, label="Memory budget",
+        help="Stop with a checkpoint when the process RSS crosses this many GiB (0 = no limit).")
+    trust_remote_code: bool = setting(
+        False, label="Trust remote code",
+        help="Allow model code from the hub (runs arbitrary Python from the model repository).")
+    backend: str = setting(
+        "pytorch", label="Training backend",
+        help="Where the training forward passes run. pytorch: eager PyTorch on the device. "
+             "executorch: a lowered ExecuTorch program (XNNPACK, float32 CPU) run by ExecuTorch's "
+             "own runtime, the way a phone would train; zeroth-order optimisers only. It costs a "
+             "one-off export and lowering at setup (minutes for a 135M model; cached in the run "
+             "folder for resume). Evaluation stays eager.")
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
