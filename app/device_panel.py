@@ -22,15 +22,22 @@ from typing import Any
 
 import psutil
 from PySide6.QtCore import QSettings, Qt, Signal
-from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QProgressBar, QWidget
+from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QWidget
 
 from app.wheel_guard import wheel_only_when_focused
+from app.widgets.elided import ElidedProgressBar
 from engine.api import profiles
 from engine.api.config import TrainConfig, field_doc
 from engine.api.estimate import Shape, estimate, scored_columns, suggest
 
 GIB = 2**30
 BAR_STEPS = 1000  # the bar's resolution: 0.1 % of the budget
+# Dark text on a light track and a pale chunk reads in any theme and on both sides of the fill
+# edge (the default style drew white on the chunk and black beyond, splitting words).
+BAR_STYLE = ("QProgressBar {{ border: 1px solid #8a8a8a; border-radius: 3px; background: #f4f4f4;"
+             " color: #1a1a1a; text-align: center; }}"
+             " QProgressBar::chunk {{ background: {chunk}; }}")
+FITS_CHUNK, OVER_CHUNK = "#a9d6a0", "#f2aaa2"
 
 
 @dataclass(frozen=True)
@@ -112,8 +119,9 @@ class DevicePanel(QWidget):
         wheel_only_when_focused(self.profile_combo, self.budget)
         # A budget above the RAM never stops a run: the system swaps or ends it first.
         self.ram_warning = QLabel("", wordWrap=True, visible=False)
-        self.bar = QProgressBar(minimum=0, maximum=BAR_STEPS, textVisible=True)
-        self.bar.setFormat("estimate: pick a model")
+        self.bar = ElidedProgressBar(minimum=0, maximum=BAR_STEPS, textVisible=True)
+        self.bar.setStyleSheet(BAR_STYLE.format(chunk=FITS_CHUNK))
+        self._set_bar_text("estimate: pick a model")
         self.reason = QLabel("", wordWrap=True)
         layout = QFormLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -215,7 +223,7 @@ class DevicePanel(QWidget):
         if config is None or self.shape is None or profile is None:
             self.estimate_bytes = None
             self.bar.setValue(0)
-            self.bar.setFormat("estimate: pick a model" if self.shape is None else
+            self._set_bar_text("estimate: pick a model" if self.shape is None else
                                "estimate: fix the settings first")
             self._set_reason("")
             return
@@ -224,9 +232,9 @@ class DevicePanel(QWidget):
         total = estimate(self.shape, config, dtype, scored).total_bytes
         self.estimate_bytes = total
         self.bar.setValue(min(BAR_STEPS, round(BAR_STEPS * total / budget_bytes)))
-        self.bar.setFormat(f"{total / GIB:.2f} GiB of {self.budget.value():.2f} GiB budget")
+        self._set_bar_text(f"{total / GIB:.2f} GiB of {self.budget.value():.2f} GiB budget")
         fits = total <= budget_bytes
-        self.bar.setStyleSheet("" if fits else "QProgressBar::chunk { background: #c0392b; }")
+        self.bar.setStyleSheet(BAR_STYLE.format(chunk=FITS_CHUNK if fits else OVER_CHUNK))
         if fits:
             self._set_reason("")
             return
@@ -235,6 +243,10 @@ class DevicePanel(QWidget):
                 "no smaller q, batch or sequence length fits: pick a smaller model or raise the budget")
         self._set_reason(f"Needs about {total / GIB:.2f} GiB, over the {self.budget.value():.2f} GiB "
                          f"budget; {hint}.")
+
+    def _set_bar_text(self, text: str) -> None:
+        self.bar.setFormat(text)
+        self.bar.setToolTip(text)  # the whole text where the bar is too narrow and elides it
 
     def _set_reason(self, reason: str) -> None:
         self.reason.setText(f"<span style='color:#b00'>{reason}</span>" if reason else "")
