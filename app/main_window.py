@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from platformdirs import user_data_dir
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
@@ -37,6 +38,9 @@ from app.widgets.run_setup import RunSetup
 from app.widgets.runs_tab import RunsTab, folder_of
 from engine.api import config as config_io
 from engine.api.errors import UserError
+
+if TYPE_CHECKING:
+    from app.curves import CurvesWidget
 
 SETTINGS_SCHEMA = 1
 # The platform's place for user data (~/.local/share/edgetune/runs on Linux), the same in a
@@ -113,7 +117,7 @@ class MainWindow(QMainWindow):
         self._update_buttons("idle")
 
     @property
-    def curves(self):
+    def curves(self) -> CurvesWidget:
         """The Curves tab's CurvesWidget, built on first use."""
         return self.curves_tab.curves
 
@@ -127,8 +131,8 @@ class MainWindow(QMainWindow):
     def start(self) -> None:
         if self.run.state != "idle":
             return
-        if self.device.blocking_reason:  # the shortcut reaches here with the button disabled
-            self.controls.show_error(self.device.blocking_reason)
+        if self.setup.device.blocking_reason:  # the shortcut reaches here with the button disabled
+            self.controls.show_error(self.setup.device.blocking_reason)
             return
         try:
             config = self.setup.current_config()
@@ -151,7 +155,7 @@ class MainWindow(QMainWindow):
                                      f"{exc.strerror or exc}; free disk space or make "
                                      f"{self.runs_root} writable (nothing was started)")
             return
-        self.model_picker.remember(config.model)
+        self.setup.model_picker.remember(config.model)
         self.settings.setValue("runs_root", str(self.runs_root))
         self.settings.setValue("last_dataset", config.dataset)
         self._launch(config_path, output_dir, resume=False, total=config.steps)
@@ -190,11 +194,11 @@ class MainWindow(QMainWindow):
     def stop(self) -> None:
         if self.run.state == "running":
             self.run.set("stopping")
-            self.status_line.setText("Stopping after this step (a checkpoint is written)…")
+            self.controls.status_line.setText("Stopping after this step (a checkpoint is written)…")
             self.engine.stop()
 
     def _update_buttons(self, state: str) -> None:
-        self.controls.update_buttons(state, self.device.blocking_reason, self.run.resumable)
+        self.controls.update_buttons(state, self.setup.device.blocking_reason, self.run.resumable)
 
     # ---- engine events ----------------------------------------------------------------
     def _on_event(self, event) -> None:
@@ -206,7 +210,7 @@ class MainWindow(QMainWindow):
         elif event.type == "metrics":
             self.run.tokens_per_second = data.get("tokens_per_second")
         elif event.type == "status":
-            self.status_line.setText(str(data.get("message") or data.get("state")))
+            self.controls.status_line.setText(str(data.get("message") or data.get("state")))
         elif event.type == "log":
             self.log.add_line(str(data.get("level", "info")), str(data.get("message", "")))
         elif event.type == "eval":
