@@ -83,6 +83,7 @@ class MainWindow(QMainWindow):
 
         self.setup = RunSetup(self.settings, self.run)
         self.setup.device.sig_fit_changed.connect(lambda _: self._update_buttons(self.run.state))
+        self.setup.preview.sig_validity_changed.connect(lambda _: self._update_buttons(self.run.state))
         self.controls = RunControls()
         self.controls.start_button.clicked.connect(self.start)
         self.controls.stop_button.clicked.connect(self.stop)
@@ -131,8 +132,9 @@ class MainWindow(QMainWindow):
     def start(self) -> None:
         if self.run.state != "idle":
             return
-        if self.setup.device.blocking_reason:  # the shortcut reaches here with the button disabled
-            self.controls.show_error(self.setup.device.blocking_reason)
+        blocked = self._blocking_reason()
+        if blocked:  # the shortcut reaches here with the button disabled
+            self.controls.show_error(blocked)
             return
         try:
             config = self.setup.current_config()
@@ -197,8 +199,12 @@ class MainWindow(QMainWindow):
             self.controls.status_line.setText("Stopping after this step (a checkpoint is written)…")
             self.engine.stop()
 
+    def _blocking_reason(self) -> str:
+        """Why Start cannot run now: the memory fit, or a dataset the preview cannot read."""
+        return self.setup.device.blocking_reason or self.setup.preview.blocking_reason
+
     def _update_buttons(self, state: str) -> None:
-        self.controls.update_buttons(state, self.setup.device.blocking_reason, self.run.resumable)
+        self.controls.update_buttons(state, self._blocking_reason(), self.run.resumable)
 
     # ---- engine events ----------------------------------------------------------------
     def _on_event(self, event) -> None:

@@ -6,6 +6,8 @@ import html
 
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from app.settings_form import name_the_controls
+
 FINISHED = {
     "completed": "Finished: the adapter is saved.",
     "stopped": "Stopped with a checkpoint; Resume continues from it.",
@@ -68,7 +70,8 @@ class RunControls(QWidget):
 
     def show_error(self, message: str) -> None:
         # Rich text: a path or message holding < or & must show as typed.
-        self.status_line.setText(f"<span style='color:#b00'>{html.escape(message)}</span>")
+        self.status_line.setText(
+            f"<span style='color:#b00'>{html.escape(name_the_controls(message))}</span>")
 
     def show_finished(self, status: str, exit_code: int, last_error: str,
                       stderr_tail: list[str]) -> None:

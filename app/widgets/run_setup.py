@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 from app.dataset_preview import DatasetPreview, DropZone
 from app.device_panel import DevicePanel, model_config
 from app.run_state import RunState
-from app.settings_form import SettingsForm
+from app.settings_form import SettingsForm, name_the_controls
 from app.widgets.model_picker import ModelPicker
 from engine.api import config as config_io
 from engine.api.errors import UserError
@@ -55,6 +55,7 @@ class RunSetup(QScrollArea):
         self.preview.sig_inspected.connect(self._dataset_inspected)
         self.preview.schema.currentTextChanged.connect(lambda _: self._dataset_inspected({}))
         self.form = SettingsForm()
+        self.preview.sig_inspected.connect(self.form.follow_dataset)
         self.device = DevicePanel(settings)
         self.form.sig_settings_changed.connect(self.refresh_estimate)
         self.device.sig_device_changed.connect(self.refresh_estimate)
@@ -226,6 +227,6 @@ class RunSetup(QScrollArea):
             self.message_box = QMessageBox(QMessageBox.Icon.Warning, "", "",
                                            QMessageBox.StandardButton.Ok, self)
         self.message_box.setWindowTitle(title)
-        self.message_box.setText(text)
+        self.message_box.setText(name_the_controls(text))
         self.message_box.open()
         return self.message_box
