@@ -10,7 +10,7 @@ import sys
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
-from app.engine_client import REPO_ROOT
+from app.process import REPO_ROOT
 
 DEMO_CONFIG = REPO_ROOT / "resources" / "configs" / "demo.yaml"
 ICON = REPO_ROOT / "resources" / "icons" / "edgetune.png"

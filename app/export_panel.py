@@ -1,19 +1,19 @@
 """The Export tab: the run's PEFT adapter folder, and one button per format the engine exports.
 
 The buttons come from engine.api.formats.FORMATS (a torch-free table), so a format the engine gains
-shows up here without an app change. Each export runs `python -m engine export RUN --format F`
-in its own process; its stderr lines are the progress, its last stdout line the exported path.
-Stop sends SIGTERM, on which the engine removes the file it was writing.
+shows up here without an app change. Each export runs `python -m engine export RUN --format F
+--protocol` in its own process (app.process.EngineProcess): its status and progress events are
+the progress bar and the lines below it, its artifact event the exported path; no text is
+parsed. Stop sends `stop`, on which the engine removes the file it was writing.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QProcess, Qt, QTimer, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -26,8 +26,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.engine_client import REPO_ROOT, engine_command
 from app.json_tool import JsonTool
+from app.process import EngineProcess, ProcessEnd, engine_command
 from engine.api.formats import FORMATS
 
 # (label, --quantize value) for the ExecuTorch export.
@@ -35,10 +35,9 @@ EXECUTORCH_TARGETS = [
     ("Android, XNNPACK fp32 (exact)", "none"),
     ("Android, XNNPACK 8da4w (int8 activations, int4 weights: smaller, approximate)", "8da4w"),
 ]
-_STAGE = re.compile(r"^executorch: stage (\d+)/(\d+) (\w+)(?:: (.*)| done in ([\d.]+) s)$")
-
-STOPPED_EXIT_CODE = 130  # the engine's exit code after SIGTERM or Ctrl+C
-KILL_AFTER_MS = 3000  # after SIGTERM: time to remove the file being written
+STOPPED_EXIT_CODE = 130  # the engine's exit code after a stop, SIGTERM or Ctrl+C
+TERMINATE_AFTER_MS = 3000  # after `stop`: time to remove the file being written
+KILL_AFTER_MS = 3000  # after terminate
 
 
 class ExportPanel(QWidget):
@@ -87,9 +86,13 @@ class ExportPanel(QWidget):
         self.device_tool = JsonTool("push", self)
         self.device_tool.sig_answered.connect(self.show_devices)
         self.export_folder: Path | None = None  # the latest ExecuTorch export of this run
-        self._process: QProcess | None = None
-        self._stdout = b""
-        self._stderr = b""
+        self._process = EngineProcess(self, terminate_after_ms=TERMINATE_AFTER_MS,
+                                      kill_after_ms=KILL_AFTER_MS)
+        self._process.sig_event_received.connect(self._event)
+        self._process.sig_log_received.connect(lambda _level, line: self.output.appendPlainText(line))
+        self._process.sig_finished.connect(self._ended)
+        self._when_done: Callable[[int, str], None] | None = None  # the work in flight's end
+        self._artifact = ""
         executorch_row = QHBoxLayout()
         executorch_row.addWidget(QLabel("ExecuTorch target:"))
         executorch_row.addWidget(self.target, 1)
@@ -122,7 +125,7 @@ class ExportPanel(QWidget):
         self._show_executorch(exports[-1].parent if exports else None)
 
     def is_running(self) -> bool:
-        return self._process is not None and self._process.state() != QProcess.ProcessState.NotRunning
+        return self._process.is_running()
 
     def export(self, fmt: str) -> None:
         run_dir = self.run_dir.text().strip()
@@ -140,67 +143,40 @@ class ExportPanel(QWidget):
         self._start(["push", str(self.export_folder), "--serial", serial], self._push_finished)
 
     def _start(self, args: list[str], finished: Callable[[int, str], None]) -> None:
-        process = QProcess(self)
-        process.setWorkingDirectory(str(REPO_ROOT))
-        process.readyReadStandardOutput.connect(lambda: self._read(process, stdout=True))
-        process.readyReadStandardError.connect(lambda: self._read(process, stdout=False))
-        process.finished.connect(lambda code, _status: self._finished(process, code, finished))
-        process.errorOccurred.connect(lambda error: self._failed_to_start(process, error, finished))
-        self._process = process
-        self._stdout = self._stderr = b""
+        self._when_done, self._artifact = finished, ""
         self.output.appendPlainText(f"$ python -m engine {' '.join(args)}")
         self.busy.setRange(0, 0)
         self.busy.setFormat("")
         self.busy.show()
-        program, *arguments = engine_command(*args)
-        process.start(program, arguments)
+        self._process.start(engine_command(*args, "--protocol"))
         self._enable_buttons()
 
-    def _read(self, process: QProcess, stdout: bool) -> None:
-        if stdout:
-            self._stdout += bytes(process.readAllStandardOutput())
-            return
-        self._stderr += bytes(process.readAllStandardError())
-        *lines, self._stderr = self._stderr.split(b"\n")
-        for line in lines:
-            if line.strip():
-                self._show_line(line.decode("utf-8", errors="replace").rstrip())
+    def _event(self, event) -> None:
+        data = event.data
+        if event.type == "status":
+            self.output.appendPlainText(f"{data.get('state')}: {data.get('message')}")
+        elif event.type == "progress" and "stages" in data:  # export: stage I of N
+            index, count, seconds = int(data["stage"]), int(data["stages"]), data.get("seconds")
+            self.busy.setRange(0, count)
+            self.busy.setFormat(f"stage {index}/{count}: {data.get('name')}" +
+                                (f" done in {float(seconds):.1f} s" if seconds is not None else "…"))
+            self.busy.setValue(index if seconds is not None else index - 1)
+        elif event.type == "progress" and "percent" in data:  # push: of all bytes
+            self.busy.setRange(0, 100)
+            self.busy.setFormat(f"{data.get('file')} {data.get('file_percent')}% (all files %p%)")
+            self.busy.setValue(int(data["percent"]))
+        elif event.type in ("log", "error"):
+            self.output.appendPlainText(str(data.get("message")))
+        elif event.type == "artifact":
+            self._artifact = str(data.get("path", ""))
 
-    def _show_line(self, line: str) -> None:
-        self.output.appendPlainText(line)
-        stage = _STAGE.match(line)
-        if stage is not None:
-            index, count, name, _what, seconds = stage.groups()
-            done = int(index) if seconds is not None else int(index) - 1
-            self.busy.setRange(0, int(count))
-            self.busy.setFormat(f"stage {index}/{count}: {name}" +
-                                (f" done in {float(seconds):.1f} s" if seconds else "…"))
-            self.busy.setValue(done)
-
-    def _finished(self, process: QProcess, code: int, finished: Callable[[int, str], None]) -> None:
-        self._read(process, stdout=True)
-        self._read(process, stdout=False)
-        if self._stderr.strip():
-            self._show_line(self._stderr.decode("utf-8", errors="replace").rstrip())
-        lines = [line.strip() for line in self._stdout.decode("utf-8", errors="replace").splitlines()]
-        path = next((line for line in reversed(lines) if line), "") if code == 0 else ""
+    def _ended(self, end: ProcessEnd) -> None:
+        if end.status == "crashed":  # no error event said why
+            self.output.appendPlainText(end.message)
         self.busy.hide()
-        self._process = None
         self._enable_buttons()
-        finished(code, path)
-
-    def _failed_to_start(self, process: QProcess, error: QProcess.ProcessError,
-                         finished: Callable[[int, str], None]) -> None:
-        # No `finished` follows a process that never started: end the work here.
-        if process is not self._process or error != QProcess.ProcessError.FailedToStart:
-            return
-        self.output.appendPlainText(f"the engine could not be started ({process.program()}: "
-                                    f"{process.errorString()})")
-        self.busy.hide()
-        self._process = None
-        process.deleteLater()
-        self._enable_buttons()
-        finished(-1, "")
+        finished, self._when_done = self._when_done, None
+        finished(end.exit_code, self._artifact if end.exit_code == 0 else "")
 
     def _export_finished(self, fmt: str, code: int, path: str) -> None:
         if path:
@@ -288,15 +264,12 @@ class ExportPanel(QWidget):
         self._update_push()
 
     def stop(self) -> None:
-        """Stop the export or push; on SIGTERM the engine removes the file it was writing."""
-        if self.is_running():
-            self._process.terminate()
+        """Stop the export or push: the engine removes the file it was writing; terminated
+        after TERMINATE_AFTER_MS and killed KILL_AFTER_MS later if it has not ended."""
+        self._process.stop()
 
     def kill(self) -> None:
-        """End the work (window closing): a stop first, so no partial file stays, then a kill
-        if the engine has not ended after KILL_AFTER_MS."""
+        """End the work (window closing) without waiting for it: the stop sequence, so no
+        partial file stays."""
         self.device_tool.kill()
-        if self.is_running():
-            self._process.terminate()
-            # Bound to the process: the timer goes with it, and a kill after its end is a no-op.
-            QTimer.singleShot(KILL_AFTER_MS, self._process, self._process.kill)
+        self._process.stop()

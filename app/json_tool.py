@@ -1,76 +1,49 @@
-"""An engine tool that answers with one JSON object (`inspect-dataset --json`, `probe --json`).
+"""An engine tool that answers with data (`inspect-dataset`, `probe`, `push --list`): its
+`result` event.
 
-Runs in its own process so the window stays responsive while the engine imports torch; a newer
-request replaces the one in flight.
+Runs in its own process (app.process.EngineProcess) so the window stays responsive while the
+engine imports torch; a newer request replaces the one in flight.
 """
 
 from __future__ import annotations
 
-import json
+from PySide6.QtCore import QObject, Signal
 
-from PySide6.QtCore import QObject, QProcess, Signal
-
-from app.engine_client import REPO_ROOT, engine_command
+from app.process import EngineProcess, ProcessEnd, engine_command
 
 
 class JsonTool(QObject):
-    """`python -m engine TOOL ARGS… --json`, its answer parsed."""
+    """`python -m engine TOOL ARGS… --protocol`, its result event's data."""
 
     sig_answered = Signal(dict)
-    """The tool's JSON object, or {"errors": [{"message": …}]} when it gave none."""
+    """The tool's result, or {"errors": [{"message": …}]} when it gave none."""
 
     def __init__(self, tool: str, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.tool = tool
-        self._process: QProcess | None = None
-        self._output = b""
+        self._result: dict | None = None
+        self._process = EngineProcess(self)
+        self._process.sig_event_received.connect(self._event)
+        self._process.sig_finished.connect(self._ended)
 
     def run(self, *args: str) -> None:
         self.kill()
-        process = QProcess(self)
-        process.setWorkingDirectory(str(REPO_ROOT))
-        self._output = b""
-        process.readyReadStandardOutput.connect(lambda: self._collect(process))
-        process.finished.connect(lambda code, _status: self._finished(process, code))
-        process.errorOccurred.connect(lambda error: self._failed_to_start(process, error))
-        self._process = process
-        program, *arguments = engine_command(self.tool, *args, "--json")
-        process.start(program, arguments)
+        self._result = None
+        self._process.start(engine_command(self.tool, *args, "--protocol"))
 
     def is_running(self) -> bool:
-        return self._process is not None and self._process.state() != QProcess.ProcessState.NotRunning
+        return self._process.is_running()
 
     def kill(self) -> None:
         """Drop the request in flight; its process is killed and its answer never shown."""
-        process, self._process = self._process, None
-        if process is not None and process.state() != QProcess.ProcessState.NotRunning:
-            process.finished.connect(process.deleteLater)
-            process.kill()
+        self._process.abandon()
 
-    def _failed_to_start(self, process: QProcess, error: QProcess.ProcessError) -> None:
-        # No `finished` follows a process that never started: answer here, once.
-        if process is self._process and error == QProcess.ProcessError.FailedToStart:
-            self._process = None
-            process.deleteLater()
-            self.sig_answered.emit({"errors": [{"message": f"the engine could not be started "
-                                                           f"({process.program()}: "
-                                                           f"{process.errorString()})"}]})
+    def _event(self, event) -> None:
+        if event.type == "result":
+            self._result = dict(event.data)
 
-    def _collect(self, process: QProcess) -> None:
-        if process is self._process:
-            self._output += bytes(process.readAllStandardOutput())
-
-    def _finished(self, process: QProcess, code: int) -> None:
-        if process is not self._process:
-            return  # replaced by a newer request
-        self._output += bytes(process.readAllStandardOutput())
-        stderr = bytes(process.readAllStandardError()).decode("utf-8", errors="replace").strip()
-        try:
-            # A nonzero exit with a JSON object still answers (e.g. a dataset with errors).
-            result = json.loads(self._output.decode("utf-8")) if self._output.strip() else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            result = None
-        if not isinstance(result, dict):
-            message = stderr.splitlines()[-1] if stderr else f"{self.tool} failed (exit code {code})"
-            result = {"errors": [{"message": message}]}
-        self.sig_answered.emit(result)
+    def _ended(self, end: ProcessEnd) -> None:
+        # A nonzero exit with a result still answers (e.g. a dataset with errors).
+        message = end.message or f"{self.tool} failed (exit code {end.exit_code})"
+        self.sig_answered.emit(self._result if self._result is not None
+                               else {"errors": [{"message": message}]})

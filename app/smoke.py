@@ -19,7 +19,7 @@ from PySide6.QtCore import QEventLoop, QSettings, QTimer
 from PySide6.QtWidgets import QApplication
 
 from app.about import versions
-from app.engine_client import REPO_ROOT, engine_command
+from app.process import REPO_ROOT, engine_command
 from engine.api import config as config_io
 
 DEMO_CONFIG = REPO_ROOT / "resources" / "configs" / "demo.yaml"

@@ -5,16 +5,12 @@ Hugging Face folder in transformers (with the PEFT adapter). The chat template a
 tokens are applied on both. MODEL may be left out when --adapter names a run folder: the run's
 own base model is used.
 
-With --json-stream stdout carries protocol events (engine/protocol.py envelopes), one per line:
-- hello: protocol, engine_version, pid, argv
-- status: state "loading" | "generating", message
-- label_probs: words, probabilities (classification runs: the run's prompt_template filled with
-  the prompt, next-token probabilities of the label words' first tokens, renormalised over them
-  as the trainer scores them)
-- token: text (a piece of the answer, in order)
-- error: kind, message
-- done: status "completed" | "stopped" | "failed", exit_code, tokens, seconds
-A `stop` line on stdin ends generation after the current token.
+With --protocol (needs --prompt) stdout carries protocol events (engine/api/protocol.py):
+hello; status (state "loading" | "generating"); label_probs (classification runs: the run's
+prompt_template filled with the prompt, next-token probabilities of the label words' first
+tokens, renormalised over them as the trainer scores them); token (a piece of the answer, in
+order); error; done (with tokens and seconds). A `stop` line on stdin ends generation after the
+current token.
 
 The backends live in engine/runtime/ (llama.cpp, transformers, ExecuTorch), each with
 `stream(messages, settings) -> Iterator[str]` and `label_probs(prompt, words) -> list[float]`.
@@ -23,11 +19,8 @@ The backends live in engine/runtime/ (llama.cpp, transformers, ExecuTorch), each
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-import traceback
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +28,7 @@ from pathlib import Path
 from engine.api.errors import UserError
 from engine.data.dataset import render_prompt
 from engine.runtime.backend import Backend, Settings
+from engine.session import current, emit
 
 
 @dataclass
@@ -137,8 +131,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-p", type=float, default=Settings.top_p)
     parser.add_argument("--max-tokens", type=int, default=Settings.max_tokens)
     parser.add_argument("--seed", type=int, default=Settings.seed)
-    parser.add_argument("--json-stream", action="store_true",
-                        help="protocol events on stdout (used by the app); needs --prompt")
     return parser
 
 
@@ -149,7 +141,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise UserError(f"--top-p {args.top_p}: must be in (0, 1]")
     if args.max_tokens < 1:
         raise UserError(f"--max-tokens {args.max_tokens}: must be at least 1")
-    return Settings(args.temperature, args.top_p, args.max_tokens, args.seed)
+    # The session's stop: a `stop` line on stdin ends the answer after the current token.
+    return Settings(args.temperature, args.top_p, args.max_tokens, args.seed, current().stop)
 
 
 def _messages(system: str | None, history: list[dict], prompt: str) -> list[dict]:
@@ -160,10 +153,10 @@ def _messages(system: str | None, history: list[dict], prompt: str) -> list[dict
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     settings = _settings(args)
-    if args.json_stream:
+    if current().writer is not None:
         if args.prompt is None:
-            raise UserError("--json-stream needs --prompt")
-        return _json_stream(args, settings, argv)
+            raise UserError("--protocol needs --prompt")
+        return _stream_events(args, settings)
     target = resolve(args.model, args.adapter, args.pte)
     backend = load_backend(target, args.adapter_scale, args.seed, args.pte)
     prompts = [args.prompt] if args.prompt is not None else _read_prompts()
@@ -190,39 +183,24 @@ def _read_prompts() -> Iterator[str]:
             yield line
 
 
-def _json_stream(args: argparse.Namespace, settings: Settings, argv: list[str]) -> int:
-    from engine import __version__
-    from engine.api.protocol import PROTOCOL_VERSION, EventWriter
-    from engine.session import EXIT_INTERNAL, failed, reserve_stdout, watch_stdin
-
-    writer = EventWriter(reserve_stdout(), uuid.uuid4().hex[:12])
-    watch_stdin(settings.stop)
-    writer.emit("hello", protocol=PROTOCOL_VERSION, engine_version=__version__, pid=os.getpid(),
-                argv=argv)
+def _stream_events(args: argparse.Namespace, settings: Settings) -> int:
+    session = current()
+    session.done.update(tokens=0, seconds=0.0, output_dir=None)
     started = time.perf_counter()
-    tokens, status, code = 0, "failed", EXIT_INTERNAL
-
-    def report(kind: str, message: str) -> None:
-        if kind == "internal":
-            traceback.print_exc(file=sys.stderr)
-        writer.emit("error", kind=kind, message=message, log_path=None)
-
     try:
-        writer.emit("status", state="loading", message="loading the model")
+        emit("status", state="loading", message="loading the model")
         target = resolve(args.model, args.adapter, args.pte)
         backend = load_backend(target, args.adapter_scale, args.seed, args.pte)
         if target.label_words:
             prompt = render_prompt(target.prompt_template, args.prompt)
-            writer.emit("label_probs", words=target.label_words,
-                        probabilities=backend.label_probs(prompt, target.label_words))
-        writer.emit("status", state="generating", message="generating")
+            emit("label_probs", words=target.label_words,
+                 probabilities=backend.label_probs(prompt, target.label_words))
+        emit("status", state="generating", message="generating")
         for piece in backend.stream(_messages(args.system, [], args.prompt), settings):
-            tokens += 1
-            writer.emit("token", text=piece)
-        status, code = ("stopped" if settings.stop.is_set() else "completed"), 0
-    except (Exception, KeyboardInterrupt) as exc:
-        code = failed(exc, report)
+            session.done["tokens"] += 1
+            emit("token", text=piece)
     finally:
-        writer.emit("done", status=status, exit_code=code, tokens=tokens,
-                    seconds=time.perf_counter() - started, output_dir=None)
-    return code
+        session.done["seconds"] = time.perf_counter() - started
+    if settings.stop.is_set():
+        session.status = "stopped"
+    return 0

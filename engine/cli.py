@@ -1,8 +1,8 @@
-"""`python -m engine …`: train, run (protocol mode for the app), and the tools around them.
+"""`python -m engine …`: train, and the tools around it.
 
-A user error prints one paragraph and exits 2 (no traceback; the traceback goes to the run's
-log file). In protocol mode stdout is reserved for events from the first line: anything else
-that writes to file descriptor 1 (library prints, C extensions) is redirected to stderr.
+Every command runs in one session (engine.session): a user error prints one paragraph and exits
+2 (no traceback; the traceback goes to the run's log file); with `--protocol` (what the app
+passes) the command speaks engine.api.protocol on stdout instead of printing for a person.
 """
 
 from __future__ import annotations
@@ -12,58 +12,60 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
-import traceback
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
-from engine import __version__
+from engine import __version__, session
 from engine.api.errors import UserError
-from engine.api.protocol import PROTOCOL_VERSION, EventWriter
-from engine.session import (
-    EXIT_INTERNAL,
-    EXIT_OK,
-    failed,
-    guarded,
-    reserve_stdout,
-    watch_stdin,
-)
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "resources" / "configs" / "demo.yaml"
 
 log = logging.getLogger("engine")
 
 
-# Subcommands that live in their own modules: name → (module, help). Each module has
-# `main(argv: list[str]) -> int` with its own argparse, and raises UserError for user mistakes.
+@dataclass(frozen=True)
+class Tool:
+    """A subcommand in its own module: `main(argv: list[str]) -> int` with its own argparse,
+    raising UserError for user mistakes and reporting through engine.session.emit."""
+
+    module: str
+    help: str
+    # It watches engine.session.current().stop and ends cleanly (chat: after the current
+    # token); the others are interrupted by a stop as by Ctrl+C.
+    polls_stop: bool = False
+
+
 TOOLS = {
-    "inspect-dataset": ("engine.data.inspection", "detect a dataset's format and schema, preview rows"),
-    "probe": ("engine.model.probe", "describe a model: architecture, size, context, memory estimate"),
-    "export": ("engine.export", "export a run: ExecuTorch .pte, GGUF adapter, merged model"),
-    "chat": ("engine.chat", "chat with a base model (+ adapter), streaming"),
-    "bench": ("engine.bench", "benchmarks: throughput, step time, memory, accuracy"),
-    "push": ("engine.deploy.push", "push an exported folder to a connected Android phone"),
-    "make-tiny-model": ("engine.model.tiny", "write a tiny random-init model (tests, smoke checks)"),
-    "launch": ("engine.train.launch",
-               "print the torchrun command and a SkyPilot task for a multi-machine run"),
+    "inspect-dataset": Tool("engine.data.inspection", "detect a dataset's format and schema, preview rows"),
+    "probe": Tool("engine.model.probe", "describe a model: architecture, size, context, memory estimate"),
+    "export": Tool("engine.export", "export a run: ExecuTorch .pte, GGUF adapter, merged model"),
+    "chat": Tool("engine.chat", "chat with a base model (+ adapter), streaming", polls_stop=True),
+    "bench": Tool("engine.bench", "benchmarks: throughput, step time, memory, accuracy"),
+    "push": Tool("engine.deploy.push", "push an exported folder to a connected Android phone"),
+    "make-tiny-model": Tool("engine.model.tiny", "write a tiny random-init model (tests, smoke checks)"),
+    "launch": Tool("engine.train.launch",
+                   "print the torchrun command and a SkyPilot task for a multi-machine run"),
 }
+PROTOCOL_FLAG = "--protocol"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine", description="EdgeTune engine")
+    parser = argparse.ArgumentParser(
+        prog="python -m engine", description="EdgeTune engine",
+        epilog=f"every command takes {PROTOCOL_FLAG}: events as JSON lines on stdout (the app's "
+               "way to run it; see engine/api/protocol.py)")
     parser.add_argument("--version", action="version", version=f"edgetune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, help_text) in TOOLS.items():
-        sub.add_parser(name, help=help_text, add_help=False)
-    for name, help_text in (("train", "train from a YAML config, with a progress bar"),
-                            ("run", "train and speak the event protocol (used by the app)")):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("config", nargs="?", help="YAML config file")
-        p.add_argument("overrides", nargs="*", help="key=value or section.key=value")
-        p.add_argument("--resume", action="store_true", help="continue the run in output_dir")
-        p.add_argument("--demo", action="store_true", help="the bundled demo config")
-        p.add_argument("--protocol", action="store_true", help="events as JSON lines on stdout")
+    for name, tool in TOOLS.items():
+        sub.add_parser(name, help=tool.help, add_help=False)
+    p = sub.add_parser("train", help="train from a YAML config, with a progress bar")
+    p.add_argument("config", nargs="?", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key=value or section.key=value")
+    p.add_argument("--resume", action="store_true", help="continue the run in output_dir")
+    p.add_argument("--demo", action="store_true", help="the bundled demo config")
+    p.add_argument(PROTOCOL_FLAG, action="store_true",
+                   help="events as JSON lines on stdout (used by the app)")
     return parser
 
 
@@ -79,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
         args.overrides.insert(0, args.config)
         args.config = None
-    protocol = args.command == "run" or args.protocol
-    return train_command(args, protocol, argv)
+    return train_command(args, argv)
 
 
 def _quiet_libraries() -> None:
@@ -93,72 +94,60 @@ def _quiet_libraries() -> None:
 
 
 def run_tool(name: str, argv: list[str]) -> int:
-    """Run a tool subcommand (its module's `main`) inside the error boundary."""
+    """Run a tool subcommand (its module's `main`) as this process's session."""
     import importlib
 
-    return guarded(lambda: importlib.import_module(TOOLS[name][0]).main(argv))
+    tool = TOOLS[name]
+    own = [arg for arg in argv if arg != PROTOCOL_FLAG]  # the session's flag, not the tool's
+    return session.run([name, *argv], lambda: importlib.import_module(tool.module).main(own),
+                       protocol=PROTOCOL_FLAG in argv, polls_stop=tool.polls_stop)
 
 
-def train_command(args: argparse.Namespace, protocol: bool, argv: list[str]) -> int:
+def train_command(args: argparse.Namespace, argv: list[str]) -> int:
     from engine.train import distributed
-    from engine.train.events import EventBus, ProtocolSink, TerminalSink
 
     # workers > 1: this process only launches them (torch.distributed.run) and waits.
     launched = distributed.enter(args, lambda: _load_config(args))
     if launched is not None:
         return launched
-    run_id = uuid.uuid4().hex[:12]
-    stop = threading.Event()
-    bus = EventBus()
-    if protocol:
-        writer = EventWriter(reserve_stdout(), run_id)
-        bus.add(ProtocolSink(writer))
-        if not sys.stdin.closed and sys.stdin is not None and not sys.stdin.isatty():
-            watch_stdin(stop)
-    else:
-        bus.add(TerminalSink(sys.stderr))
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    if not protocol:
-        signal.signal(signal.SIGINT, lambda *_: (stop.set(), bus.log("stopping after this step…")))
-    bus.emit("hello", protocol=PROTOCOL_VERSION, engine_version=__version__, pid=os.getpid(),
-             argv=argv)
-    output_dir: Path | None = None
-    log_path: Path | None = None
-    status, code = "failed", EXIT_INTERNAL
+    return session.run(argv, lambda: _train(args), protocol=args.protocol, polls_stop=True)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from engine.train import distributed
+    from engine.train.events import EventBus, ProtocolSink, TerminalSink
+
+    run = session.current()
+    run.done["output_dir"] = None
+    terminal = None if run.writer is not None else TerminalSink(sys.stderr)
+    bus = EventBus([terminal or ProtocolSink(run.writer)])
+    if terminal is not None:  # (with --protocol the session turns `stop` and SIGTERM into it)
+        signal.signal(signal.SIGTERM, lambda *_: run.stop.set())
+        signal.signal(signal.SIGINT,
+                      lambda *_: (run.stop.set(), bus.log("stopping after this step…")))
     started = time.time()
-
-    def report(kind: str, message: str) -> None:
-        where = f"; details in {log_path}" if kind == "internal" and log_path else ""
-        bus.emit("error", kind=kind, message=message + where,
-                 log_path=str(log_path) if log_path else None)
-        if kind == "internal" and log_path is None:
-            traceback.print_exc(file=sys.stderr)
-        if not protocol or (kind == "internal" and log_path is None):
-            print(f"\nerror: {message}{where}", file=sys.stderr)
-
     try:
         config = _load_config(args)
         output_dir = Path(config.output_dir)
-        log_path = _open_log(output_dir)
+        run.done["output_dir"] = str(output_dir)
+        run.log_path = _open_log(output_dir)
         from engine.train.trainer import Trainer
 
-        trainer = Trainer(config, bus, stop)
+        trainer = Trainer(config, bus, run.stop)
         try:
             trainer.setup(resume=args.resume)
             result = trainer.train()
         finally:
             trainer.cleanup()
-        status, code = result.status, EXIT_OK
-        if result.status == "completed" and not protocol:
-            _print_summary(result, output_dir, time.time() - started)
-        if result.status == "completed" and distributed.rank() == 0:
-            _plot(bus, output_dir)
-    except (Exception, KeyboardInterrupt) as exc:
-        code = failed(exc, report)
     finally:
-        bus.emit("done", status=status, exit_code=code,
-                 output_dir=str(output_dir) if output_dir else None)
-    return code
+        if terminal is not None:
+            terminal.close()
+    run.status = result.status
+    if result.status == "completed" and run.writer is None:
+        _print_summary(result, output_dir, time.time() - started)
+    if result.status == "completed" and distributed.rank() == 0:
+        _plot(bus, output_dir)
+    return session.EXIT_OK
 
 
 def _load_config(args: argparse.Namespace):

@@ -1,42 +1,133 @@
-"""How every engine subcommand ends and speaks: exit codes, the error boundary, and the
-protocol stream (stdout reserved for JSON-lines events, `stop` read from stdin)."""
+"""How every engine command runs and speaks: exit codes, the error boundary, and the session.
+
+A command runs as this process's one session (`run`). At a terminal it prints for a person. With
+`--protocol` it speaks engine.api.protocol: stdout is reserved for events from the first line
+(anything else that writes to file descriptor 1 goes to stderr), `hello` comes first, a `stop`
+line on stdin (or SIGTERM) asks it to stop, an exception becomes one `error` event, and `done`
+always comes last. Engine code reports its work through `emit` (and `Stages`), which serves both.
+"""
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
+import time
 import traceback
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from engine import __version__
 from engine.api.errors import UserError
-from engine.api.protocol import STOP_COMMAND
+from engine.api.protocol import PROTOCOL_VERSION, STOP_COMMAND, EventWriter
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_STOPPED = 0, 1, 2, 130
+ANSWERS = ("result", "artifact")  # at a terminal, their line is the command's answer: stdout
 
 log = logging.getLogger("engine")
 
 
-def print_error(kind: str, message: str) -> None:
-    """How a terminal command says what ended it: one paragraph on stderr (and, for a bug, the
-    traceback above it: there is no log file to keep it in)."""
-    if kind == "internal":
-        traceback.print_exc(file=sys.stderr)
-    print(f"error: {message}", file=sys.stderr)
+@dataclass
+class Session:
+    """The command this process runs: where its reports go, its stop request, and what its
+    `done` event says besides status and exit code."""
+
+    writer: EventWriter | None = None  # the protocol stream; None at a terminal
+    # Set by `stop` on stdin or SIGTERM (protocol mode); a command that polls it ends cleanly.
+    stop: threading.Event = field(default_factory=threading.Event)
+    log_path: Path | None = None  # where an internal error's traceback went (the run's log)
+    status: str = "completed"  # done's status when the command returns 0 ("stopped" too)
+    done: dict[str, Any] = field(default_factory=dict)  # done's other fields (output_dir, …)
 
 
-def guarded(body: Callable[[], int | None],
-            report: Callable[[str, str], None] = print_error) -> int:
-    """`body()`'s exit code, or the error boundary's (`failed`) for what escaped it."""
+_current = Session()
+
+
+def current() -> Session:
+    return _current
+
+
+def emit(type: str, line: str | None = None, /, **data: Any) -> None:
+    """Report work, the one way: with --protocol the event `type` with `data`; at a terminal
+    `line` (when given) for the person reading it."""
+    if _current.writer is not None:
+        _current.writer.emit(type, **data)
+    elif line is not None:
+        print(line, file=sys.stdout if type in ANSWERS else sys.stderr, flush=True)
+
+
+def say(message: str, level: str = "info") -> None:
+    """A line for whoever watches: a `log` event with --protocol, else the line on stderr."""
+    emit("log", message, level=level, message=message)
+
+
+@dataclass
+class Stages:
+    """A command's work in named stages. Each start is a `status` event (state = the stage) and
+    a `progress` event (stage I of `stages`, seconds null), each end a `progress` event with its
+    seconds; at a terminal `PREFIX: stage I/N NAME: what` and `… done in S s` lines."""
+
+    prefix: str
+    names: tuple[str, ...]
+    seconds: dict[str, float] = field(default_factory=dict)  # each finished stage's duration
+
+    @contextlib.contextmanager
+    def stage(self, name: str, message: str) -> Iterator[None]:
+        index, count = self.names.index(name) + 1, len(self.names)
+        label = f"{self.prefix}: stage {index}/{count} {name}"
+        emit("status", f"{label}: {message}", state=name, message=message)
+        emit("progress", stage=index, stages=count, name=name, seconds=None)
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 3)
+        emit("progress", f"{label} done in {self.seconds[name]:.1f} s", stage=index,
+             stages=count, name=name, seconds=self.seconds[name])
+
+
+def run(argv: list[str], body: Callable[[], int | None], *, protocol: bool,
+        polls_stop: bool = False) -> int:
+    """`body()` as this process's command, inside the error boundary; its exit code.
+
+    polls_stop: the body watches `current().stop` and ends cleanly when it is set; otherwise a
+    stop interrupts it as Ctrl+C does (KeyboardInterrupt, exit 130).
+    """
+    global _current
+    _current = Session()
+    if protocol:
+        _current.writer = EventWriter(_reserve_stdout(), uuid.uuid4().hex[:12])
+    code = EXIT_INTERNAL
     try:
-        return int(body() or 0)
+        if protocol:
+            emit("hello", protocol=PROTOCOL_VERSION, engine_version=__version__,
+                 pid=os.getpid(), argv=argv)
+            _listen_for_stop(polls_stop)
+        code = int(body() or 0)
+    except SystemExit as exc:  # argparse: it has printed the usage and the problem on stderr
+        code = exc.code if isinstance(exc.code, int) else EXIT_USER
+        if code:
+            emit("error", kind="user", message="the command line was refused (see stderr)",
+                 log_path=None)
     except (Exception, KeyboardInterrupt) as exc:
-        return failed(exc, report)
+        code = failed(exc, _report)
+    finally:
+        if protocol:
+            # A stop that lands now must not cut `done` short.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        status = _current.status if code == EXIT_OK else \
+            "stopped" if code == EXIT_STOPPED else "failed"
+        emit("done", status=status, exit_code=code, **_current.done)
+    return code
 
 
 def failed(exc: BaseException, report: Callable[[str, str], None]) -> int:
-    """The error boundary of every subcommand: the exit code for an exception that ended it, and
+    """The error boundary of every command: the exit code for an exception that ended it, and
     its one message through `report(kind, message)`. Call it from the `except` clause.
 
     UserError (bad input, with what to do): kind "user", exit 2. Ctrl+C or SIGTERM (a command
@@ -55,7 +146,16 @@ def failed(exc: BaseException, report: Callable[[str, str], None]) -> int:
     return EXIT_INTERNAL
 
 
-def reserve_stdout():
+def _report(kind: str, message: str) -> None:
+    log_path = _current.log_path
+    where = f"; details in {log_path}" if kind == "internal" and log_path else ""
+    if kind == "internal" and log_path is None:
+        traceback.print_exc(file=sys.stderr)  # no log file to keep it in
+    emit("error", f"error: {message}{where}", kind=kind, message=message + where,
+         log_path=str(log_path) if log_path else None)
+
+
+def _reserve_stdout():
     """The protocol stream: a private copy of fd 1; fd 1 itself now points at stderr."""
     sys.stdout.flush()
     protocol_fd = os.dup(1)
@@ -64,10 +164,20 @@ def reserve_stdout():
     return os.fdopen(protocol_fd, "w", buffering=1, encoding="utf-8")
 
 
-def watch_stdin(stop: threading.Event) -> None:
+def _listen_for_stop(polls_stop: bool) -> None:
+    def request_stop() -> None:
+        _current.stop.set()
+        if not polls_stop:
+            _thread.interrupt_main()  # KeyboardInterrupt in the main thread, as Ctrl+C
+
+    signal.signal(signal.SIGTERM, lambda *_: request_stop())
+
     def read() -> None:
         for line in sys.stdin:
             if line.strip() == STOP_COMMAND:
-                stop.set()
+                request_stop()
                 return
-    threading.Thread(target=read, name="stdin-commands", daemon=True).start()
+
+    # No stdin (a windowed bundle) or a terminal's (reading it would stop a background job).
+    if sys.stdin is not None and not sys.stdin.closed and not sys.stdin.isatty():
+        threading.Thread(target=read, name="stdin-commands", daemon=True).start()

@@ -1,7 +1,7 @@
 """The Playground tab: base and fine-tuned answers side by side for the same prompt.
 
 Each side is its own engine process (`python -m engine chat --adapter RUN --adapter-scale 0|1
---json-stream`), so loading and generating never block the window and the two answers stream
+--protocol`), so loading and generating never block the window and the two answers stream
 in together. Stop sends `stop` on stdin, then terminates, then kills. Classification runs also
 show the label-word probabilities before (base) and after (fine-tuned) training.
 
@@ -10,10 +10,9 @@ Only the protocol module of the engine is imported here: no torch, no llama.cpp.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
+from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QGridLayout,
@@ -27,15 +26,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.engine_client import engine_command
-from engine.api.protocol import STOP_COMMAND, ProtocolError, decode
+from app.process import EngineProcess, ProcessEnd, engine_command
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STOP_GRACE_MS = 3000  # after `stop`, how long the engine gets before it is terminated
+STOP_GRACE_MS = 3000  # after `stop`, how long the engine gets before it is terminated (and killed)
 
 
 class ChatProcess(QObject):
-    """One `python -m engine chat --json-stream` process and its event stream."""
+    """One `python -m engine chat --protocol` process and its event stream."""
 
     sig_token_received = Signal(str)
     """A piece of the answer arrived."""
@@ -46,93 +43,30 @@ class ChatProcess(QObject):
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._process: QProcess | None = None
-        self._buffer = b""
-        self._status: str | None = None
-        self._message = ""
-        self._stderr_tail = b""
+        self._process = EngineProcess(self, terminate_after_ms=STOP_GRACE_MS,
+                                      kill_after_ms=STOP_GRACE_MS)
+        self._process.sig_event_received.connect(self._event)
+        self._process.sig_finished.connect(self._ended)
 
     def is_running(self) -> bool:
-        return self._process is not None
+        return self._process.is_running()
 
     def start(self, args: list[str]) -> None:
-        process = QProcess(self)
-        environment = QProcessEnvironment.systemEnvironment()
-        # The engine package sits beside app/; the child must find it whatever the cwd.
-        paths = [str(REPO_ROOT), environment.value("PYTHONPATH", "")]
-        environment.insert("PYTHONPATH", ":".join(p for p in paths if p))
-        process.setProcessEnvironment(environment)
-        process.readyReadStandardOutput.connect(self._read_stdout)
-        process.readyReadStandardError.connect(self._read_stderr)
-        process.finished.connect(self._process_finished)
-        process.errorOccurred.connect(self._process_error)
-        self._process, self._buffer, self._status, self._message = process, b"", None, ""
-        self._stderr_tail = b""
-        program, *arguments = engine_command("chat", *args, "--json-stream")
-        process.start(program, arguments)
+        self._process.start(engine_command("chat", *args, "--protocol"))
 
     def stop(self) -> None:
-        process = self._process
-        if process is None:
-            return
-        process.write(f"{STOP_COMMAND}\n".encode())
-        QTimer.singleShot(STOP_GRACE_MS, lambda: self._escalate(process))
+        self._process.stop()
 
-    def _escalate(self, process: QProcess) -> None:
-        if process is self._process and process.state() != QProcess.ProcessState.NotRunning:
-            process.terminate()
-            # Bound to the process: the timer goes with it, and a kill after its end is a no-op.
-            QTimer.singleShot(STOP_GRACE_MS, process, process.kill)
-
-    def _read_stderr(self) -> None:
-        if self._process is not None:
-            self._stderr_tail = (self._stderr_tail + bytes(self._process.readAllStandardError()))[-2000:]
-
-    def _read_stdout(self) -> None:
-        if self._process is None:
-            return
-        self._buffer += bytes(self._process.readAllStandardOutput())
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                self._handle(line.decode("utf-8", errors="replace"))
-
-    def _handle(self, line: str) -> None:
-        try:
-            event = decode(line)
-        except ProtocolError:
-            return  # not an event line; the engine keeps stdout for events, so this is noise
+    def _event(self, event) -> None:
         if event.type == "token":
             self.sig_token_received.emit(str(event.data.get("text", "")))
         elif event.type == "label_probs":
             self.sig_label_probs_received.emit(list(event.data.get("words", [])),
                                                list(event.data.get("probabilities", [])))
-        elif event.type == "error":
-            self._message = str(event.data.get("message", ""))
-        elif event.type == "done":
-            self._status = str(event.data.get("status", "failed"))
 
-    def _process_finished(self, *_) -> None:
-        self._read_stdout()
-        self._finish()
-
-    def _process_error(self, error: QProcess.ProcessError) -> None:
-        if error == QProcess.ProcessError.FailedToStart:
-            self._message = f"could not start the engine ({sys.executable})"
-            self._finish()
-
-    def _finish(self) -> None:
-        if self._process is None:
-            return  # finished and errorOccurred can both arrive; report once
-        process, self._process = self._process, None
-        process.deleteLater()
-        status = self._status
-        if status is None:
-            status = "failed"
-            tail = self._stderr_tail.decode("utf-8", errors="replace").strip().splitlines()
-            self._message = self._message or "the engine stopped without finishing" + (
-                f": {tail[-1]}" if tail else "")
-        self.sig_finished.emit(status, self._message)
+    def _ended(self, end: ProcessEnd) -> None:
+        status = end.status if end.status in ("completed", "stopped") else "failed"
+        self.sig_finished.emit(status, end.message)
 
 
 class AnswerPane(QWidget):

@@ -14,30 +14,44 @@ Every object is an envelope::
 - ``type``: one of EVENT_TYPES. Receivers ignore types they do not know.
 - ``data``: the payload, documented per type below.
 
-``done`` is always the last event of a run, also after an error; an engine process that
-exits without ``done`` has crashed.
+Every command speaks it when given ``--protocol`` (``python -m engine train CONFIG --protocol``,
+``probe MODEL --protocol``, …; engine/session.py). ``hello`` is always the first event and
+``done`` always the last, also after an error; an engine process that exits without ``done``
+has crashed.
 
 Event payloads (fields may be added):
 - hello: protocol, engine_version, pid, argv
-- status: state ("loading" | "evaluating" | "training" | "checkpointing" | "exporting" |
-  "stopping"), message
-- progress: step, total_steps, elapsed_seconds, eta_seconds
+- status: state, message. The state is the stage the command is in: training "loading" |
+  "training" | "evaluating" | "checkpointing"; chat "loading" | "generating"; export the stage
+  names of its format (executorch "load" | "convert" | "export" | "lower" | "serialize" |
+  "verify"; gguf "base" | "adapter" | "verify"; merged-gguf "merge" | "verify" | "quantise");
+  push "pushing" | "verifying"
+- progress: training: step, total_steps, elapsed_seconds, eta_seconds. export: stage (1-based
+  index), stages (their count), name, seconds (null as the stage starts, its duration as it
+  ends). push: percent (of all bytes), file, file_percent
 - metrics: step, loss, step_seconds, tokens_per_second, lr, projected_grad_norm (zeroth-order)
 - eval: step, loss, accuracy (classification only, else null), rows
 - memory: step, rss_bytes, peak_rss_bytes, device_allocated_bytes (null on CPU), budget_bytes
 - log: level ("debug" | "info" | "warning" | "error"), message
 - checkpoint: step, path
-- artifact: kind ("adapter" | "plot" | "executorch" | "gguf" | …), path
-- error: kind ("user" | "internal"), message, log_path
-- done: status ("completed" | "stopped" | "failed"), exit_code, output_dir
+- artifact: kind, path: what the command wrote. training "adapter" | "plot"; export the format
+  ("gguf" | "merged-gguf" | "executorch") and the exported file or folder; push "device" and
+  SERIAL:/folder on the phone
+- result: the answer of a command that answers with data, the object it prints with --json:
+  probe (see engine/model/probe.py), inspect-dataset (engine/data/inspection.py; its errors
+  field lists problems, exit code 2 when not empty), push --list ({"devices": […]})
+- error: kind ("user" | "internal"), message, log_path (null when no log file was open)
+- done: status ("completed" | "stopped" | "failed"), exit_code; training adds output_dir, chat
+  tokens and seconds
 
-Chat sessions (`python -m engine chat --json-stream`, see engine/chat.py) use the same envelope
-and add:
+Chat (`python -m engine chat --prompt P --protocol`, see engine/chat.py) adds:
 - token: text (a streamed piece of the answer)
-- label_probs: words → probability of each label word at the answer position
+- label_probs: words, probabilities (of each label word at the answer position)
 
-Client → engine (the engine's stdin): one command per line; today only ``stop`` (finish the
-current step, write a checkpoint, exit with done/stopped).
+Client → engine (the engine's stdin): one command per line; today only ``stop``. Training
+finishes the current step, writes a checkpoint and ends with done/stopped; chat ends after the
+current token; the other commands are interrupted as by Ctrl+C (no partial file is left) and end
+with done/stopped, exit code 130. A client that gets no ``done`` in time terminates, then kills.
 """
 
 from __future__ import annotations
@@ -63,6 +77,7 @@ EVENT_TYPES = (
     "artifact",
     "error",
     "done",
+    "result",
     "token",
     "label_probs",
 )

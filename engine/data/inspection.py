@@ -16,6 +16,9 @@ in about a second however large the file is. `--json` prints one object (stable 
   a run would read (the whole file, no separate held-out file); null when not known. The
   window's memory bar sizes the run with it, as the trainer's pre-flight check does
 - errors: [{"message": …}] problems found (the run would refuse them); empty when all is well
+
+With --protocol the object is the `result` event (exit code 2 when its errors are not empty); a
+refusal before there is one (a missing file, bad options) is the `error` event.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from engine.data.dataset import (
     task_of,
     train_file,
 )
+from engine.session import EXIT_USER, emit
 
 SAMPLE_ROWS = 1000
 EXACT_COUNT_BYTES = 64 * 2**20  # count every row below this size; estimate above
@@ -171,7 +174,6 @@ def _format_text(report: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     from engine.api import config as config_io
-    from engine.session import EXIT_USER
 
     parser = argparse.ArgumentParser(prog="python -m engine inspect-dataset",
                                      description=__doc__.splitlines()[0])
@@ -196,11 +198,11 @@ def main(argv: list[str]) -> int:
     except UserError as exc:
         if not args.json:
             raise
-        # The app always gets an object to show, a refusal included.
-        print(json.dumps({"path": args.path, "errors": [{"message": str(exc)}]}))
+        # A script asking for JSON always gets an object, a refusal included.
+        report = {"path": args.path, "errors": [{"message": str(exc)}]}
+        emit("result", json.dumps(report), **report)
         return EXIT_USER
-    print(json.dumps(report, indent=2) if args.json else _format_text(report))
-    sys.stdout.flush()
+    emit("result", json.dumps(report, indent=2) if args.json else _format_text(report), **report)
     return EXIT_USER if report["errors"] else 0
 
 

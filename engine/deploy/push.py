@@ -1,7 +1,10 @@
 """`python -m engine push EXPORT_DIR [--serial S] [--dest PATH]` and `push --list [--json]`.
 
 Pushes an export folder (model.pte, tokenizer, metadata.json) to a connected Android phone with
-progress, then checks on the phone that every file has the local size and sha256.
+progress, then checks on the phone that every file has the local size and sha256. Reports go
+through engine.session.emit: with --protocol `progress` events (percent of all bytes), `status`
+(state "pushing" | "verifying") and the `artifact` (kind "device", path SERIAL:/folder), and
+`push --list` answers with a `result` event ({"devices": […]}, as `--list --json` prints).
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ import argparse
 import json
 import re
 import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from engine.deploy.adb import (
     shell,
 )
 from engine.files import file_hash
+from engine.session import emit, say
 
 
 def default_dest(export_dir: Path) -> str:
@@ -83,7 +86,7 @@ def verify_on_device(serial: str, dest: str, local: dict[str, tuple[int, str]]) 
 
 @dataclass
 class _Progress:
-    """One file's push progress on stderr, every 10 % (a 650 MB program takes a while)."""
+    """One file's push progress, every 10 % (a 650 MB program takes a while)."""
 
     name: str
     before: int  # bytes of the files pushed before this one
@@ -95,8 +98,8 @@ class _Progress:
         if percent >= self.shown + 10 or (percent == 100 and self.shown != 100):
             self.shown = percent
             overall = (self.before + self.size * percent / 100) / max(self.total, 1)
-            print(f"push: {self.name} {percent}% (all files {overall:.0%})", file=sys.stderr,
-                  flush=True)
+            emit("progress", f"push: {self.name} {percent}% (all files {overall:.0%})",
+                 percent=round(overall * 100, 1), file=self.name, file_percent=percent)
 
 
 def push(export_dir: Path, serial: str | None, dest: str | None) -> str:
@@ -112,18 +115,19 @@ def push(export_dir: Path, serial: str | None, dest: str | None) -> str:
     made = shell(device.serial, f"mkdir -p {shlex.quote(dest)}")
     if made.returncode != 0:
         raise UserError(f"cannot make {dest} on {device.serial}: {(made.stdout + made.stderr).strip()}")
+    emit("status", state="pushing", message=f"{len(files)} files to {device.serial}:{dest}")
     done = 0
     for path in files:
         progress = _Progress(path.name, done, path.stat().st_size, total)
         push_file(device.serial, path, f"{dest}/{path.name}", progress.show)
         done += progress.size
     pushed = time.perf_counter() - started
-    print(f"push: {len(files)} files, {total / 2**20:.1f} MiB in {pushed:.1f} s; checking sizes "
-          "and sha256 on the phone", file=sys.stderr, flush=True)
+    checking = (f"{len(files)} files, {total / 2**20:.1f} MiB in {pushed:.1f} s; checking sizes "
+                "and sha256 on the phone")
+    emit("status", f"push: {checking}", state="verifying", message=checking)
     local = {p.name: (p.stat().st_size, file_hash(p)) for p in files}
     verify_on_device(device.serial, dest, local)
-    print(f"push: {device.serial}:{dest} verified ({len(files)} files, sizes and sha256 match)",
-          file=sys.stderr, flush=True)
+    say(f"push: {device.serial}:{dest} verified ({len(files)} files, sizes and sha256 match)")
     return f"{device.serial}:{dest}"
 
 
@@ -145,14 +149,12 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.list:
         devices = list_devices()
-        if args.json:
-            print(json.dumps({"devices": [asdict(d) | {"ready": d.ready} for d in devices]}))
-        elif devices:
-            print("\n".join(d.describe() for d in devices))
-        else:
-            print(NO_PHONE)
+        answer = {"devices": [asdict(d) | {"ready": d.ready} for d in devices]}
+        text = "\n".join(d.describe() for d in devices) or NO_PHONE
+        emit("result", json.dumps(answer) if args.json else text, **answer)
         return 0
     if args.export_dir is None:
         raise UserError("give the export folder to push (or --list)")
-    print(push(args.export_dir, args.serial, args.dest))
+    where = push(args.export_dir, args.serial, args.dest)
+    emit("artifact", where, kind="device", path=where)
     return 0

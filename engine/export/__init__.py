@@ -15,7 +15,9 @@ The contract a format module follows (see FORMATS for which function serves whic
   which one is being parsed. Every option needs a default, so that calling ``export`` from
   Python without it works too.
 
-Progress and measurements go to stderr (logging); stdout gets one line, the exported path.
+Progress goes through engine.session (`Stages`, `emit`): `status`/`progress` events with
+--protocol, stage lines on stderr at a terminal. The exported path is an `artifact` event (kind =
+the format), at a terminal the one line on stdout.
 Every file is written through ``engine.files.write_atomic``: a full disk, a read-only folder or a stop
 (SIGTERM, Ctrl+C) leaves the files already finished and nothing half-written.
 """
@@ -25,11 +27,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import signal
-import sys
 from pathlib import Path
 
 from engine.api.errors import UserError
 from engine.api.formats import FORMATS
+from engine.session import emit, say
 
 
 def _parser(fmt: str | None) -> argparse.ArgumentParser:
@@ -66,13 +68,12 @@ def main(argv: list[str]) -> int:
     try:
         path = export(args.run_dir, args.out, **options)
     except KeyboardInterrupt:
-        print("export stopped; the files it had finished are kept, no partial file is left",
-              file=sys.stderr)
+        say("export stopped; the files it had finished are kept, no partial file is left")
         raise
     except OSError as exc:  # a folder that cannot be made, an input that cannot be read
         raise UserError(f"{exc.filename or args.run_dir}: {exc.strerror or exc}; check that the "
                         "run folder is readable and the output folder (--out) writable") from exc
-    print(path)
+    emit("artifact", str(path), kind=args.fmt, path=str(path))
     return 0
 
 

@@ -33,8 +33,9 @@ gates: max |Δlogit| ≤ 1e-3, top-1 agreement 100 %, greedy tokens identical. 8
 activations, int4 weights in groups of 32): its agreement with float32 (top-1, logit cosine,
 greedy tokens) is reported, not gated. A program that fails is renamed `model.pte.rejected`.
 
-Progress goes to stderr as `executorch: stage I/N NAME: what` and `… done in S s` lines; the
-last stdout line is the export folder.
+Progress goes through engine.session.Stages: with --protocol `status` and `progress` events per
+stage, at a terminal `executorch: stage I/N NAME: what` and `… done in S s` lines on stderr; the
+export folder is the artifact (the last stdout line at a terminal).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -59,6 +59,7 @@ from engine.export import run_folder
 from engine.files import file_hash, write_atomic
 from engine.runtime.pte import FOUNDATION, METADATA, PROGRAM, Program, runner_generate
 from engine.runtime.sampling import stop_token_ids
+from engine.session import Stages, say
 
 STAGES = ("load", "convert", "export", "lower", "serialize", "verify")
 QUANTIZE = ("none", "8da4w")
@@ -149,20 +150,6 @@ def add_arguments(parser: argparse.ArgumentParser, fmt: str) -> None:
                         help="context length of the program's KV cache (capped at the model's)")
 
 
-def _stage_label(name: str) -> str:
-    return f"executorch: stage {STAGES.index(name) + 1}/{len(STAGES)} {name}"
-
-
-def _stage(name: str, message: str) -> float:
-    print(f"{_stage_label(name)}: {message}", file=sys.stderr, flush=True)
-    return time.perf_counter()
-
-
-def _stage_done(name: str, started: float, seconds: dict[str, float]) -> None:
-    seconds[name] = round(time.perf_counter() - started, 3)
-    print(f"{_stage_label(name)} done in {seconds[name]:.1f} s", file=sys.stderr, flush=True)
-
-
 def export(run_dir: Path, out: Path | None, quantize: str = "none", layout: str = "adapter",
            max_seq_len: int = 512) -> Path:
     """Write RUN as an export_llm program folder, verified in the ExecuTorch runtime."""
@@ -179,29 +166,28 @@ def export(run_dir: Path, out: Path | None, quantize: str = "none", layout: str 
         ("" if layout == "adapter" else "-single")
     out = out or run_dir / "export" / name
     _prepare_folder(out)
-    seconds: dict[str, float] = {}
+    stages = Stages("executorch", STAGES)
 
-    started = _stage("load", f"base model + adapter of {run_dir}")
-    run = load_run(config_path, adapter_dir)
-    max_seq_len = min(max_seq_len, run.context or max_seq_len)
-    _stage_done("load", started, seconds)
+    with stages.stage("load", f"base model + adapter of {run_dir}"):
+        run = load_run(config_path, adapter_dir)
+        max_seq_len = min(max_seq_len, run.context or max_seq_len)
 
     with tempfile.TemporaryDirectory(prefix="edgetune-executorch-", dir=out) as scratch:
         scratch = Path(scratch)
-        started = _stage("convert", "checkpoint and adapter in ExecuTorch's Llama layout")
-        llm_config = _llm_config(run, base_config, targets, scratch, quantize, layout, max_seq_len)
-        _stage_done("convert", started, seconds)
+        with stages.stage("convert", "checkpoint and adapter in ExecuTorch's Llama layout"):
+            llm_config = _llm_config(run, base_config, targets, scratch, quantize, layout,
+                                     max_seq_len)
         # The lowered program (the size of the model) is dropped once written.
-        foundation = _serialize(_export_and_lower(llm_config, seconds), out, scratch,
+        foundation = _serialize(_export_and_lower(llm_config, stages), out, scratch,
                                 _foundation_key(run, quantize, max_seq_len) if layout == "adapter"
-                                else None, seconds)
+                                else None, stages)
         _write_tokenizer(run.tokenizer, out)
 
-    started = _stage("verify", "ExecuTorch runtime and TextLLMRunner vs eager PyTorch + adapter")
-    report = verify(out, run, TOLERANCES[quantize], max_seq_len)
-    _stage_done("verify", started, seconds)
-    print(f"executorch: {report.summary()}", file=sys.stderr, flush=True)
-    metadata = _metadata(run, out, quantize, layout, max_seq_len, seconds, report, foundation)
+    with stages.stage("verify", "ExecuTorch runtime and TextLLMRunner vs eager PyTorch + adapter"):
+        report = verify(out, run, TOLERANCES[quantize], max_seq_len)
+    say(f"executorch: {report.summary()}")
+    metadata = _metadata(run, out, quantize, layout, max_seq_len, stages.seconds, report,
+                         foundation)
     write_atomic(out / METADATA, lambda partial: partial.write_text(
         json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"))
     write_atomic(out / "README.md", lambda partial: partial.write_text(
@@ -217,7 +203,7 @@ def export(run_dir: Path, out: Path | None, quantize: str = "none", layout: str 
                         f"{out / METADATA}; do not ship this program, and please report this")
     sizes = f"{PROGRAM} {metadata['program_bytes'] / 2**20:.1f} MiB" + (
         f" + {FOUNDATION} {metadata['data_bytes'] / 2**20:.1f} MiB" if foundation else "")
-    print(f"executorch: {out}: {sizes}", file=sys.stderr, flush=True)
+    say(f"executorch: {out}: {sizes}")
     return out
 
 
@@ -410,44 +396,40 @@ def _llm_config(run: ExportRun, config: dict, targets: list[str], scratch: Path,
     return cfg
 
 
-def _export_and_lower(llm_config, seconds: dict[str, float]):
+def _export_and_lower(llm_config, stages: Stages):
     """export_llm's XNNPACK path (`export_llama_lib._export_llama`), in stages the window shows."""
     from executorch.examples.models.llama import export_llama_lib as lib
 
-    started = _stage("export", "export_llm's Llama definition with the adapter, torch.export")
-    lib._validate_args(llm_config)
-    quant_params, quantizers, quant_dtype = lib.get_quantizer_and_quant_params(llm_config)
-    exported = lib._prepare_for_llama_export(llm_config).export()
-    exported.run_canonical_optimizations()
-    _stage_done("export", started, seconds)
+    with stages.stage("export", "export_llm's Llama definition with the adapter, torch.export"):
+        lib._validate_args(llm_config)
+        quant_params, quantizers, quant_dtype = lib.get_quantizer_and_quant_params(llm_config)
+        exported = lib._prepare_for_llama_export(llm_config).export()
+        exported.run_canonical_optimizations()
 
-    started = _stage("lower", "XNNPACK partitioner")
-    tag = None
-    if llm_config.export.foundation_weights_file:
-        # export_llm's own rule: everything but the LoRA weights goes to the foundation file.
-        tag = lambda node: None if "lora" in node.name else FOUNDATION  # noqa: E731
-    builder = lib._to_edge_and_lower_llama_xnnpack(
-        exported, exported.modelname, [], quant_params, quantizers, quant_dtype,
-        xnnpack_extended_ops=llm_config.backend.xnnpack.extended_ops, gen_tag_fn=tag)
-    _stage_done("lower", started, seconds)
+    with stages.stage("lower", "XNNPACK partitioner"):
+        tag = None
+        if llm_config.export.foundation_weights_file:
+            # export_llm's own rule: everything but the LoRA weights goes to the foundation file.
+            tag = lambda node: None if "lora" in node.name else FOUNDATION  # noqa: E731
+        builder = lib._to_edge_and_lower_llama_xnnpack(
+            exported, exported.modelname, [], quant_params, quantizers, quant_dtype,
+            xnnpack_extended_ops=llm_config.backend.xnnpack.extended_ops, gen_tag_fn=tag)
     return builder.export_program
 
 
 def _serialize(lowered, out: Path, scratch: Path, foundation_key: str | None,
-               seconds: dict[str, float]) -> dict | None:
-    started = _stage("serialize", str(out / PROGRAM))
-
+               stages: Stages) -> dict | None:
     def write_program(path: Path) -> None:
         # write_to_file streams the segments; `.buffer` would first join them in memory.
         with path.open("wb") as handle:
             lowered.write_to_file(handle)
 
-    write_atomic(out / PROGRAM, write_program)
-    foundation = None
-    if foundation_key is not None:
-        lowered.write_tensor_data_to_file(outdir=str(scratch))
-        foundation = _place_foundation(scratch / FOUNDATION, out / FOUNDATION, foundation_key)
-    _stage_done("serialize", started, seconds)
+    with stages.stage("serialize", str(out / PROGRAM)):
+        write_atomic(out / PROGRAM, write_program)
+        foundation = None
+        if foundation_key is not None:
+            lowered.write_tensor_data_to_file(outdir=str(scratch))
+            foundation = _place_foundation(scratch / FOUNDATION, out / FOUNDATION, foundation_key)
     return foundation
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +35,7 @@ from engine.export.gguf_writer import (
     write_model,
 )
 from engine.files import write_atomic
-
-log = logging.getLogger(__name__)
+from engine.session import Stages, say
 
 
 @dataclass
@@ -103,19 +100,20 @@ def export(run_dir: Path, out: Path | None, verify: bool = True,
     # A Hugging Face folder base has no GGUF of its own: convert it once, beside the adapter.
     converted = out.parent / "base-f16.gguf"
     base_gguf = base_gguf or run.base_gguf or converted
-    if not base_gguf.is_file():
-        if base_gguf != converted:
-            raise UserError(f"--base-gguf {base_gguf}: no such file")
-        started = time.perf_counter()
-        write_model(run.torch_folder, base_gguf, "f16")
-        log.info("base model written as GGUF: %s (%.1f s)", base_gguf, time.perf_counter() - started)
-    started = time.perf_counter()
-    write_adapter(run.adapter_dir, run.hf_config, run.arch, out)
-    log.info("adapter written: %s (%.2f s)", out, time.perf_counter() - started)
+    convert = not base_gguf.is_file()
+    if convert and base_gguf != converted:
+        raise UserError(f"--base-gguf {base_gguf}: no such file")
+    stages = Stages("gguf", ("base",) * convert + ("adapter",) + ("verify",) * verify)
+    if convert:
+        with stages.stage("base", f"the base model as GGUF: {base_gguf}"):
+            write_model(run.torch_folder, base_gguf, "f16")
+    with stages.stage("adapter", str(out)):
+        write_adapter(run.adapter_dir, run.hf_config, run.arch, out)
     if verify:
-        report = verify_adapter(base_gguf, out, run.torch_folder, run.adapter_dir)
-        write_atomic(out.parent / f"{out.stem}.verification.json",
-                     lambda partial: partial.write_text(report.to_json()))
+        with stages.stage("verify", "llama.cpp against torch + peft"):
+            report = verify_adapter(base_gguf, out, run.torch_folder, run.adapter_dir)
+            write_atomic(out.parent / f"{out.stem}.verification.json",
+                         lambda partial: partial.write_text(report.to_json()))
     write_modelfile(out.with_suffix(".Modelfile"), base_gguf, out, run.chat_template,
                     stop_words(run.torch_folder))
     return out
@@ -137,17 +135,21 @@ def export_merged(run_dir: Path, out: Path | None, verify: bool = True,
     out = out or run_dir / "export" / f"merged-{outtype}.gguf"
     out.parent.mkdir(parents=True, exist_ok=True)
     if run.base_gguf is not None:
-        log.info("the base is a GGUF file; the merged model holds its dequantised weights in %s",
-                 outtype)
-    started = time.perf_counter()
+        say(f"gguf: the base is a GGUF file; the merged model holds its dequantised weights in "
+            f"{outtype}")
     quantised = outtype in QUANTISATIONS
+    stages = Stages("merged-gguf", ("merge",) + ("verify",) * verify + ("quantise",) * quantised)
     with tempfile.TemporaryDirectory(prefix="edgetune-merge-", dir=out.parent) as scratch:
         written = Path(scratch) / "merged-f16.gguf" if quantised else out
-        write_model(run.torch_folder, written, "f16" if quantised else outtype, run.adapter_dir)
-        report = verify_merged(written, run.torch_folder, run.adapter_dir) if verify else None
+        with stages.stage("merge", str(written)):
+            write_model(run.torch_folder, written, "f16" if quantised else outtype, run.adapter_dir)
+        report = None
+        if verify:
+            with stages.stage("verify", "llama.cpp against torch + peft"):
+                report = verify_merged(written, run.torch_folder, run.adapter_dir)
         if quantised:
-            write_atomic(out, lambda partial: quantize(written, partial, outtype))
-        log.info("merged model written: %s (%.1f s)", out, time.perf_counter() - started)
+            with stages.stage("quantise", f"{outtype} by llama.cpp's quantiser: {out}"):
+                write_atomic(out, lambda partial: quantize(written, partial, outtype))
         if report is not None:
             result = json.loads(report.to_json())
             if quantised:

@@ -8,7 +8,7 @@ hidden_size, layers, vocab_size, chat_template (bool), lora_targets (adaptable l
 names), stored_dtype (of the weights on disk; a GGUF quantisation type such as Q4_1), dtype
 (the detected profile's training dtype, used by the estimates), profile (detected device
 profile key), estimates ({optimizer: Estimate.as_dict()} for the default settings: prge dual
-q=4 b=4, mezo, fo at max_seq_len 128).
+q=4 b=4, mezo, fo at max_seq_len 128). With --protocol the same object is the `result` event.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from engine.api.errors import UserError
 from engine.api.estimate import Shape, estimate
 from engine.model import device
 from engine.model import loading as models
+from engine.session import emit
 
 
 def probe(reference: str) -> dict[str, Any]:
@@ -100,16 +101,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     info = probe(args.model)
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    gib = lambda n: f"{n / 2**30:.2f} GiB"
-    print(f"{info['reference']}: {info['architecture']} ({info['model_type']}), "
-          f"{info['parameters'] / 1e6:.1f}M parameters, context {info['context_length']}, "
-          f"{info['layers']} layers, chat template {'yes' if info['chat_template'] else 'no'}, "
-          f"weights {info['stored_dtype']}")
-    print(f"  LoRA targets available: {', '.join(info['lora_targets'])}")
-    print(f"  device profile: {info['profile']} (trains in {info['dtype']})")
-    for name, values in info["estimates"].items():
-        print(f"  estimated peak ({name}, defaults): {gib(values['total_bytes'])}")
+    emit("result", json.dumps(info, indent=2) if args.json else _format_text(info), **info)
     return 0
+
+
+def _format_text(info: dict[str, Any]) -> str:
+    gib = lambda n: f"{n / 2**30:.2f} GiB"
+    lines = [f"{info['reference']}: {info['architecture']} ({info['model_type']}), "
+             f"{info['parameters'] / 1e6:.1f}M parameters, context {info['context_length']}, "
+             f"{info['layers']} layers, chat template {'yes' if info['chat_template'] else 'no'}, "
+             f"weights {info['stored_dtype']}",
+             f"  LoRA targets available: {', '.join(info['lora_targets'])}",
+             f"  device profile: {info['profile']} (trains in {info['dtype']})"]
+    for name, values in info["estimates"].items():
+        lines.append(f"  estimated peak ({name}, defaults): {gib(values['total_bytes'])}")
+    return "\n".join(lines)

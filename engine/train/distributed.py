@@ -253,7 +253,7 @@ def _store(rank: int, size: int, timeout: timedelta):
 # ---- starting the workers -------------------------------------------------------------------
 
 def enter(args: argparse.Namespace, load_config: Callable[[], object]) -> int | None:
-    """Called first by `train` / `run`. With `workers` > 1 outside torchrun: start the local
+    """Called first by `train`. With `workers` > 1 outside torchrun: start the local
     workers through torch's own launcher and return its exit code. In a worker other than 0:
     send this process's stdout and stderr to its own log (stdin stays with worker 0, which
     reads the stop command) and return None, as everywhere else."""

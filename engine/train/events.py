@@ -1,7 +1,7 @@
 """Where the engine's events go: one bus, several sinks (protocol stdout, metrics.jsonl, terminal).
 
 The trainer only ever calls `EventBus.emit`; which sinks listen depends on how the engine was
-started (`run --protocol` for the app, `train` for a person at a terminal).
+started (`train --protocol` for the app, `train` for a person at a terminal).
 """
 
 from __future__ import annotations
@@ -94,6 +94,13 @@ class TerminalSink:
         self.stream = stream
         self.is_tty = stream.isatty()
         self._last_loss: float | None = None
+        self._bar_open = False  # a tty bar line without its newline yet
+
+    def close(self) -> None:
+        """End an unfinished bar's line, so what is printed next (an error) starts its own."""
+        if self._bar_open:
+            self.stream.write("\n")
+            self._bar_open = False
 
     def emit(self, type: str, data: dict[str, Any]) -> None:
         if type == "metrics":
@@ -106,9 +113,8 @@ class TerminalSink:
             self._line(f"eval @ step {data['step']}: loss {data['loss']:.4f}{acc_text} ({data['rows']} rows)")
         elif type == "status" and data.get("state") == "loading":
             self._line(data["message"])
-        elif type in ("log", "error"):
-            if type == "error" or data.get("level") != "debug":
-                self._line(data["message"])
+        elif type == "log" and data.get("level") != "debug":
+            self._line(data["message"])
         elif type == "checkpoint":
             self._line(f"checkpoint @ step {data['step']}: {data['path']}")
         elif type == "artifact":
@@ -124,6 +130,7 @@ class TerminalSink:
         text = f"[{'#' * filled}{'.' * (width - filled)}] {step}/{total} {loss} {eta_text}"
         if self.is_tty:
             self.stream.write("\r" + text.ljust(78))
+            self._bar_open = step != total
             if step == total:
                 self.stream.write("\n")
         elif step == total or step % 10 == 0:
@@ -133,5 +140,6 @@ class TerminalSink:
     def _line(self, text: str) -> None:
         if self.is_tty:
             self.stream.write("\r" + " " * 78 + "\r")
+            self._bar_open = False
         self.stream.write(text + "\n")
         self.stream.flush()

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_adb, train_tiny_run
+from conftest import fake_engine, needs_adb, train_tiny_run
 
 pytest.importorskip("pytestqt")
 
@@ -65,6 +65,36 @@ def test_closing_never_waits_for_an_export_that_ignores_sigterm(panel, qtbot, tm
         assert time.monotonic() - started < 0.5 and panel.is_running()
     assert finished.args[2] == "" and not panel.is_running()
     assert time.monotonic() - started >= KILL_AFTER_MS / 1000 * 0.9
+
+
+def test_progress_and_the_path_come_from_events_never_from_text(panel, qtbot, tmp_path,
+                                                               monkeypatch):
+    """The bar follows progress events and the path is the artifact event's; the old stage
+    lines as free text (stderr) and a path printed on stdout move nothing."""
+    command = fake_engine(tmp_path, "export", """
+        print("executorch: stage 1/6 load: free text", file=sys.stderr, flush=True)
+        print("/printed/not/an/event.gguf", flush=True)
+        event(1, "status", state="load", message="base model + adapter")
+        event(2, "progress", stage=1, stages=2, name="load", seconds=None)
+        event(3, "progress", stage=1, stages=2, name="load", seconds=0.25)
+        event(4, "status", state="write", message="the adapter file")
+        event(5, "progress", stage=2, stages=2, name="write", seconds=None)
+        event(6, "progress", stage=2, stages=2, name="write", seconds=1.5)
+        event(7, "artifact", kind="gguf", path="/exported/adapter.gguf")
+        event(8, "done", status="completed", exit_code=0)
+    """)
+    monkeypatch.setattr(export_panel, "engine_command", lambda *args: [*command, *args])
+    panel.set_run(tmp_path)
+    shown = []
+    panel.busy.valueChanged.connect(lambda value: shown.append((value, panel.busy.format())))
+    with qtbot.waitSignal(panel.sig_export_finished, timeout=30_000) as finished:
+        panel.buttons["gguf"].click()
+    assert finished.args == ["gguf", 0, "/exported/adapter.gguf"]
+    assert shown == [(0, "stage 1/2: load…"), (1, "stage 1/2: load done in 0.2 s"),
+                     (2, "stage 2/2: write done in 1.5 s")]
+    text = panel.output.toPlainText()
+    assert "load: base model + adapter" in text and "write: the adapter file" in text
+    assert "exported gguf: /exported/adapter.gguf" in text
 
 
 def test_export_of_an_unfinished_run_reports_the_engine_message(panel, qtbot, tmp_path):

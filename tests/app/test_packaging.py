@@ -13,12 +13,13 @@ from importlib import metadata
 from pathlib import Path
 
 from conftest import REPO
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QProcess, QSettings
 from PySide6.QtGui import QColor, QImage
 
-from app import engine_client
-from app.engine_client import EngineClient, engine_command
+from app import process
+from app.engine_client import EngineClient
 from app.json_tool import JsonTool
+from app.process import engine_command
 from engine import __version__
 
 PACKAGING = REPO / "packaging"
@@ -33,20 +34,21 @@ def _python(code: str, **env: str) -> str:
 
 def test_engine_command_from_source_runs_the_module(qtbot):
     assert engine_command("probe", "m", "--json") == [sys.executable, "-m", "engine", "probe", "m", "--json"]
-    assert EngineClient().command == [sys.executable, "-m", "engine", "run"]
+    assert EngineClient().command == [sys.executable, "-m", "engine", "train"]
 
 
 def test_engine_command_in_a_frozen_bundle_reinvokes_its_executable(monkeypatch, qtbot):
     bundled = "/opt/EdgeTune-0.1.0-linux-x86_64/edgetune"
     monkeypatch.setattr(sys, "frozen", True, raising=False)
-    monkeypatch.setattr(engine_client.sys, "executable", bundled)
+    monkeypatch.setattr(process.sys, "executable", bundled)
     assert engine_command("probe", "m", "--json") == [bundled, "engine", "probe", "m", "--json"]
-    assert EngineClient().command == [bundled, "engine", "run"]
+    assert EngineClient().command == [bundled, "engine", "train"]
     # A tool started from the window goes the same way: the bundled executable, `engine` first.
     tool = JsonTool("probe")
     tool.run("some-model")
-    assert (tool._process.program(), tool._process.arguments()) == (
-        bundled, ["engine", "probe", "some-model", "--json"])
+    started = tool.findChild(QProcess)
+    assert (started.program(), started.arguments()) == (
+        bundled, ["engine", "probe", "some-model", "--protocol"])
     tool.kill()
 
 

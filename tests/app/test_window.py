@@ -240,8 +240,8 @@ def test_engine_that_hangs_is_ended_by_the_watchdog(
     assert "sent nothing for 1 s" in window.log.toPlainText()
     assert window.start_button.isEnabled()
     # Killed, not waited for: it ends as the event loop turns.
-    qtbot.waitUntil(lambda: window.engine._process.state() == QProcess.ProcessState.NotRunning,
-                    timeout=5000)
+    qtbot.waitUntil(lambda: all(p.state() == QProcess.ProcessState.NotRunning
+                                for p in window.engine.findChildren(QProcess)), timeout=5000)
 
 
 def test_stop_mid_run_then_resume_continues(make_window, qtbot, tiny_model, classification_data):

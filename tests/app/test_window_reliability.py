@@ -176,7 +176,7 @@ def test_engine_killed_mid_run_is_reported_and_resume_finishes(make_window, qtbo
                           check_params_cb=lambda e: e.type == "checkpoint"):
         window.start()
     with qtbot.waitSignal(window.sig_run_finished, timeout=30_000) as finished:
-        os.kill(window.engine._process.processId(), signal.SIGKILL)
+        os.kill(window.engine.findChild(QProcess).processId(), signal.SIGKILL)
     assert finished.args == ["crashed"]
     shown = _plain(window.status_line.text())
     assert "crashed (exit code 9)" in shown and "Resume continues from the last checkpoint" in shown

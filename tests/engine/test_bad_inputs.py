@@ -114,7 +114,7 @@ def test_a_sample_as_real_processes_shows_no_traceback(ctx, tmp_path):
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == EXIT_USER, err[-3000:]
         assert "Traceback" not in out + err
-        if argv[0] == "run":
+        if "--protocol" in argv:
             events = [decode(line) for line in out.splitlines()]
             assert [e.type for e in events][-2:] == ["error", "done"]
             assert events[-2].data["kind"] == "user"
@@ -146,8 +146,8 @@ TOOL_CASES: list[tuple[str, Callable[[Ctx], list[str]], tuple[str, ...]]] = [
      ("not an export folder", "--format executorch")),
     ("chat_a_missing_model", lambda ctx: ["chat", str(ctx.dir / "absent.gguf"), "--prompt", "hi"],
      ("absent.gguf", "not found")),
-    ("chat_json_stream_a_missing_model",
-     lambda ctx: ["chat", str(ctx.dir / "absent.gguf"), "--prompt", "hi", "--json-stream"],
+    ("chat_protocol_a_missing_model",
+     lambda ctx: ["chat", str(ctx.dir / "absent.gguf"), "--prompt", "hi", "--protocol"],
      ("absent.gguf", "not found")),
     ("bench_an_encoder",
      lambda ctx: ["bench", "step", "--model", str(config_json(ctx, encoder)), "--qs", "1",
@@ -171,7 +171,7 @@ def test_every_subcommand_ends_bad_input_with_a_message_and_exit_2(ctx, tmp_path
     for name, argv, expect, proc in runs:
         out, err = proc.communicate(timeout=240)
         message = err
-        if "--json-stream" in argv:  # the app's stream: the message is the error event's
+        if "--protocol" in argv:  # the app's stream: the message is the error event's
             events = [decode(line) for line in out.splitlines() if line.strip()]
             assert [e.type for e in events][-2:] == ["error", "done"], (name, out)
             assert events[-2].data["kind"] == "user" and events[-1].data["exit_code"] == 2

@@ -39,14 +39,14 @@ def _chat(*args: str, stdin: str = "") -> tuple[list, subprocess.CompletedProces
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "engine", "chat", *args], input=stdin,
                           capture_output=True, text=True, timeout=180, env=env, cwd=REPO)
-    if "--json-stream" not in args:
+    if "--protocol" not in args:
         return [], proc
     return [decode(line) for line in proc.stdout.splitlines() if line.strip()], proc
 
 
 def test_json_stream_on_a_gguf_run(runs):
     events, proc = _chat("--adapter", str(runs[0]), "--prompt", "The food was",
-                         "--max-tokens", "16", "--temperature", "0", "--json-stream")
+                         "--max-tokens", "16", "--temperature", "0", "--protocol")
     assert proc.returncode == 0, proc.stderr[-2000:]
     types = [e.type for e in events]
     assert types[0] == "hello" and types[-1] == "done"
@@ -95,7 +95,7 @@ def test_label_probabilities_score_the_prompt_training_scores(runs, tiny_model, 
     run = make_run(tmp_path / "braces", tiny_model, runs[1] / "adapter", label_words=LABELS,
                    prompt_template=template)
     events, proc = _chat("--adapter", str(run), "--prompt", "The food was", "--max-tokens", "1",
-                         "--temperature", "0", "--json-stream")
+                         "--temperature", "0", "--protocol")
     assert proc.returncode == 0, proc.stderr[-2000:]
     chat = next(e for e in events if e.type == "label_probs").data["probabilities"]
     rows = tmp_path / "rows.jsonl"

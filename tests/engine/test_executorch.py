@@ -201,7 +201,7 @@ def test_chat_pte_decodes_as_eager_greedy_with_tokens_per_second(exported, train
 def test_chat_pte_command_streams_label_probabilities_and_tokens(exported, trained_run):
     result = subprocess.run(
         [sys.executable, "-m", "engine", "chat", "--pte", str(exported / "model.pte"),
-         "--prompt", "Works well", "--temperature", "0", "--max-tokens", "6", "--json-stream"],
+         "--prompt", "Works well", "--temperature", "0", "--max-tokens", "6", "--protocol"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     events = [decode(line) for line in result.stdout.splitlines()]
     types = [e.type for e in events]
