@@ -1,7 +1,7 @@
 """The dataset drop zone and its preview: first rows at once, the engine's inspection after.
 
 The first rows come from a small standard-library reader so the table fills the moment a file
-is dropped; the engine's `inspect-dataset --json` (format, schema, labels, errors with file and
+is dropped; the engine's `inspect-dataset` (format, schema, labels, errors with file and
 line) runs in its own process and fills the summary when it answers.
 """
 
