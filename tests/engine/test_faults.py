@@ -295,6 +295,26 @@ def test_stop_during_an_export_ends_cleanly(finished_run, tmp_path):
     assert printed.strip() == str(out / "adapter.gguf") and (out / "adapter.Modelfile").is_file()
 
 
+def test_the_apps_stop_during_an_export_ends_cleanly(finished_run, tmp_path):
+    """`stop` on stdin of `export --protocol` (the Export tab's Stop) as soon as the first file
+    is being written: interrupted as by SIGTERM, and the stream still ends with done."""
+    out = tmp_path / "export"
+    proc = engine_process(["export", str(finished_run), "--format", "gguf", "--out",
+                           str(out / "adapter.gguf"), "--protocol"])
+    deadline = time.monotonic() + 180
+    while not (out.is_dir() and any(out.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.001)
+    printed, err = proc.communicate("stop\n", timeout=120)
+    events = [decode(line) for line in printed.splitlines()]
+    assert proc.returncode == 130, err[-3000:]
+    assert events[-1].data == {"status": "stopped", "exit_code": 130} and "Traceback" not in err
+    assert any(e.type == "log" and "export stopped" in e.data["message"] for e in events)
+    assert not [e for e in events if e.type == "artifact"]
+    left = sorted(p.name for p in out.iterdir())
+    assert not [name for name in left if name.endswith(".partial")] and "adapter.Modelfile" not in left
+
+
 # ---- memory budget --------------------------------------------------------------------------
 
 def test_memory_guard_checkpoints_and_names_the_settings_to_lower(tiny_config, tmp_path):
