@@ -97,6 +97,32 @@ def test_progress_and_the_path_come_from_events_never_from_text(panel, qtbot, tm
     assert "exported gguf: /exported/adapter.gguf" in text
 
 
+def test_push_shows_the_percent_of_bytes_and_where_the_files_landed(panel, qtbot, tmp_path,
+                                                                    monkeypatch):
+    command = fake_engine(tmp_path, "push", """
+        event(1, "status", state="pushing", message="3 files to 0A1B:/data/local/tmp/edgetune/run")
+        event(2, "progress", percent=40.0, file="model.pte", file_percent=50)
+        event(3, "artifact", kind="device", path="0A1B:/data/local/tmp/edgetune/run")
+        event(4, "done", status="completed", exit_code=0)
+    """)
+    monkeypatch.setattr(export_panel, "engine_command", lambda *args: [*command, *args])
+    export = tmp_path / "run" / "export" / "executorch"
+    export.mkdir(parents=True)
+    (export / "metadata.json").write_text(json.dumps({
+        "export": {"quantize": "none"}, "program_bytes": 2**20,
+        "verification": {"prompts": 1, "positions": 2, "max_abs_diff": 0.0, "top1_agreement": 1.0}}))
+    panel.set_run(tmp_path / "run")
+    panel.show_devices({"devices": [{"serial": "0A1B", "state": "device", "model": "Pixel",
+                                     "free_bytes": None, "ready": True}]})
+    shown = []
+    panel.busy.valueChanged.connect(lambda value: shown.append((value, panel.busy.text())))
+    with qtbot.waitSignal(panel.sig_push_finished, timeout=30_000) as finished:
+        panel.push_button.click()
+    assert finished.args == [0, "0A1B:/data/local/tmp/edgetune/run"]
+    assert shown == [(40, "model.pte 50% (all files 40%)")]
+    assert "pushed and verified: 0A1B:/data/local/tmp/edgetune/run" in panel.output.toPlainText()
+
+
 def test_export_of_an_unfinished_run_reports_the_engine_message(panel, qtbot, tmp_path):
     run = tmp_path / "run-1"
     run.mkdir()

@@ -8,7 +8,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import fake_engine
+from conftest import REPO, fake_engine
 
 pytest.importorskip("pytestqt")
 
@@ -156,3 +156,10 @@ def test_abandon_never_reports_and_a_new_start_goes_on(watched, tmp_path):
         event(1, "done", status="completed", exit_code=0)
     """))
     assert end.status == "completed"  # the one report: the abandoned process gave none
+
+
+def test_the_app_makes_its_processes_in_one_place():
+    """Every process the window starts is an EngineProcess: QProcess is made in app/process.py."""
+    makers = [str(path.relative_to(REPO)) for path in sorted((REPO / "app").rglob("*.py"))
+              if "QProcess(" in path.read_text() and path.name != "process.py"]
+    assert not makers, makers
