@@ -16,6 +16,7 @@ from pathlib import Path
 
 from engine.api import config as config_io
 from engine.api.errors import UserError
+from engine.session import emit
 
 PORT = 29500
 
@@ -51,10 +52,11 @@ def main(argv: list[str]) -> int:
     except UserError as exc:
         raise UserError(f"{args.nodes} machines × {per_node} workers = {total} workers: {exc}") from None
     train = ["-m", "engine", "train", str(Path(args.config).resolve()), *args.overrides]
-    print(torchrun_command(args.nodes, per_node, args.host, args.port, run_id(config), train))
-    print()
-    print(skypilot_task(config, args.nodes, per_node, args.port,
-                        ["-m", "engine", "train", _workdir_path(args.config), *args.overrides]))
+    torchrun = torchrun_command(args.nodes, per_node, args.host, args.port, run_id(config), train)
+    skypilot = skypilot_task(config, args.nodes, per_node, args.port,
+                             ["-m", "engine", "train", _workdir_path(args.config), *args.overrides])
+    emit("result", f"{torchrun}\n\n{skypilot}".rstrip("\n"), nodes=args.nodes,
+         workers_per_node=per_node, workers=total, torchrun=torchrun, skypilot=skypilot)
     return 0
 
 
