@@ -17,8 +17,10 @@ from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QDialog,
+    QFrame,
     QListWidgetItem,
     QMainWindow,
+    QScrollArea,
     QSplitter,
     QTabWidget,
     QVBoxLayout,
@@ -29,7 +31,7 @@ from app.about import AboutDialog
 from app.engine_client import EngineClient
 from app.export_panel import ExportPanel
 from app.run_state import RunState
-from app.runs import series_of
+from app.runs import has_adapter, series_of
 from app.widgets.curves_tab import CurvesTab
 from app.widgets.log_view import LogView
 from app.widgets.playground import PlaygroundWidget
@@ -46,6 +48,11 @@ SETTINGS_SCHEMA = 1
 # The platform's place for user data (~/.local/share/edgetune/runs on Linux), the same in a
 # source checkout and in the bundle, whose own folder may be read-only.
 DEFAULT_RUNS_ROOT = Path(user_data_dir("edgetune", appauthor=False)) / "runs"
+DEFAULT_WIDTH, DEFAULT_HEIGHT = 1280, 800  # the first launch's size, cut to the screen
+# The left panel at first: the settings form without a sideways scrollbar. At its minimum, Start,
+# Stop and Resume and the form's labels still fit (the form scrolls sideways), and half a 1366 px
+# screen leaves the tabs room beside it.
+LEFT_PANEL_WIDTH, LEFT_PANEL_MIN_WIDTH = 430, 360
 
 
 class MainWindow(QMainWindow):
@@ -56,7 +63,6 @@ class MainWindow(QMainWindow):
                  engine_command: list[str] | None = None, watchdog_seconds: float = 600.0) -> None:
         super().__init__()
         self.setWindowTitle("EdgeTune")
-        self.resize(1280, 800)
         self.settings = settings or QSettings("EdgeTune", "EdgeTune")
         self._check_settings_schema()
         self.runs_root = Path(runs_root or self.settings.value("runs_root", str(DEFAULT_RUNS_ROOT)))
@@ -69,17 +75,18 @@ class MainWindow(QMainWindow):
         self.curves_tab = CurvesTab()
         self.log = LogView()
         self.engine.sig_log_received.connect(self.log.add_line)
-        self.runs_tab = RunsTab(self.runs_root)
+        self.runs_tab = RunsTab(self.runs_root, self.run)
         self.runs_tab.sig_open_requested.connect(self.open_runs)
         self.runs_tab.sig_resume_requested.connect(self.resume_run)
+        self.runs_tab.sig_runs_listed.connect(self._offer_adapter_run)
         self.export_panel = ExportPanel()
         self.playground = PlaygroundWidget()
+        for panel in (self.export_panel, self.playground):
+            panel.run_dir.textChanged.connect(lambda text, panel=panel: self._panel_given(panel, text))
         self.tabs = QTabWidget()
-        self.tabs.addTab(self.curves_tab, "Curves")
-        self.tabs.addTab(self.runs_tab, "Runs")
-        self.tabs.addTab(self.log, "Log")
-        self.tabs.addTab(self.export_panel, "Export")
-        self.tabs.addTab(self.playground, "Playground")
+        for page, title in ((self.curves_tab, "Curves"), (self.runs_tab, "Runs"), (self.log, "Log"),
+                            (self.export_panel, "Export"), (self.playground, "Playground")):
+            self.tabs.addTab(_scrolling(page), title)
 
         self.setup = RunSetup(self.settings, self.run)
         self.setup.device.sig_fit_changed.connect(lambda _: self._update_buttons(self.run.state))
@@ -88,7 +95,7 @@ class MainWindow(QMainWindow):
         self.controls.start_button.clicked.connect(self.start)
         self.controls.stop_button.clicked.connect(self.stop)
         self.controls.resume_button.clicked.connect(self.resume)
-        left = QWidget()
+        left = QWidget(minimumWidth=LEFT_PANEL_MIN_WIDTH)
         left_layout = QVBoxLayout(left)
         left_layout.addWidget(self.setup, 1)
         left_layout.addWidget(self.controls)
@@ -105,14 +112,19 @@ class MainWindow(QMainWindow):
         self.runs_list = self.runs_tab.runs_list
         self.resume_selected_button = self.runs_tab.resume_selected_button
 
-        splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(left)
-        splitter.addWidget(self.tabs)
-        splitter.setSizes([430, 850])
-        self.setCentralWidget(splitter)
+        # Neither side collapses: a collapsed left panel hides Start, and its handle at the
+        # window's edge is hard to find. Its explicit minimum width, not its contents', also
+        # keeps a long status line from widening the window.
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(left)
+        self.splitter.addWidget(self.tabs)
+        for index in (0, 1):
+            self.splitter.setCollapsible(index, False)
+        self.setCentralWidget(self.splitter)
         self.menuBar().addMenu("&Help").addAction("About EdgeTune", self.show_about)
         QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.start)
         QShortcut(QKeySequence("Ctrl+."), self, activated=self.stop)
+        self._restore_layout()
         self.setup.restore()
         self.runs_tab.refresh()
         self._update_buttons("idle")
@@ -159,7 +171,7 @@ class MainWindow(QMainWindow):
             return
         self.setup.model_picker.remember(config.model)
         self.settings.setValue("runs_root", str(self.runs_root))
-        self.settings.setValue("last_dataset", config.dataset)
+        self.setup.save_state()
         self._launch(config_path, output_dir, resume=False, total=config.steps)
 
     def resume(self) -> None:
@@ -182,7 +194,7 @@ class MainWindow(QMainWindow):
         self.log.add_line("info", f"{'resume' if resume else 'start'}: {config_path}")
         self.run.set("running")
         self.engine.start(config_path, resume=resume)
-        self.tabs.setCurrentWidget(self.curves_tab)
+        self._show_tab(self.curves_tab)
 
     def resume_run(self, items: list[QListWidgetItem]) -> None:
         """Continue a run folder from the Runs tab (one from an earlier session) from its last
@@ -236,8 +248,7 @@ class MainWindow(QMainWindow):
         self.run.last_status = status
         self.controls.show_finished(status, exit_code, self.run.last_error, list(self.engine.stderr_tail))
         if status == "completed" and self.run.output_dir is not None:
-            self.export_panel.set_run(self.run.output_dir)
-            self.playground.set_run(self.run.output_dir)
+            self._offer_adapter_run(self.run.output_dir)
         self.curves.redraw()
         self.run.set("idle")
         self.runs_tab.refresh()
@@ -249,17 +260,61 @@ class MainWindow(QMainWindow):
             return
         folders = [folder_of(item) for item in items]
         self.curves.show_runs([series_of(folder) for folder in folders])
-        self.export_panel.set_run(folders[0])
-        self.playground.set_run(folders[0])
-        self.tabs.setCurrentWidget(self.curves_tab)
+        self._offer_adapter_run(*folders)
+        self._show_tab(self.curves_tab)
+
+    def _offer_adapter_run(self, *preferred: Path) -> None:
+        """Give Export and the Playground the first of `preferred` that saved an adapter, else
+        the run they show while it still has one, else the newest run with one; with none,
+        both are disabled (they need an adapter to do anything)."""
+        shown = self.export_panel.run_dir.text().strip()
+        candidates = [*preferred, *([Path(shown)] if shown else []), *self.runs_tab.adapter_runs()]
+        folder = next((candidate for candidate in candidates if has_adapter(candidate)), None)
+        for panel in (self.export_panel, self.playground):
+            if folder is not None:
+                panel.set_run(folder)
+            self._enable_panel(panel, folder is not None)
+
+    def _panel_given(self, panel: QWidget, text: str) -> None:
+        """A run folder reached a panel, from this window or its own set_run: one with an
+        adapter enables it. Typing never disables it (a half-typed path has no adapter)."""
+        if text.strip() and has_adapter(Path(text.strip())):
+            self._enable_panel(panel, True)
+
+    def _enable_panel(self, panel: QWidget, enabled: bool) -> None:
+        panel.setEnabled(enabled)
+        panel.setToolTip("" if enabled else "no run has saved an adapter yet")
+
+    def _show_tab(self, page: QWidget) -> None:
+        """Bring the tab that holds `page` (in its scroll area) to the front."""
+        self.tabs.setCurrentIndex(next(index for index in range(self.tabs.count())
+                                       if self.tabs.widget(index).widget() is page))
 
     # ---- settings and closing ---------------------------------------------------------
+    def _restore_layout(self) -> None:
+        """The last session's window geometry and splitter; the first time, a size that fits
+        the screen."""
+        geometry, splitter = (self.settings.value(f"window/{key}") for key in ("geometry", "splitter"))
+        if geometry is None or not self.restoreGeometry(geometry):
+            available = self.screen().availableGeometry()
+            self.resize(min(DEFAULT_WIDTH, available.width()), min(DEFAULT_HEIGHT, available.height()))
+        if splitter is None or not self.splitter.restoreState(splitter):
+            self.splitter.setSizes([LEFT_PANEL_WIDTH, self.width() - LEFT_PANEL_WIDTH])
+
+    def save_state(self) -> None:
+        """Keep the window's geometry and splitter and the config in the settings, for the next
+        launch (_restore_layout, RunSetup.restore)."""
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("window/splitter", self.splitter.saveState())
+        self.setup.save_state()
+
     def _check_settings_schema(self) -> None:
         if int(self.settings.value("schema_version", 0) or 0) != SETTINGS_SCHEMA:
             self.settings.clear()  # settings of another layout would be misread
             self.settings.setValue("schema_version", SETTINGS_SCHEMA)
 
     def closeEvent(self, event) -> None:
+        self.save_state()
         self.shutdown()
         if self.export_panel.is_running():
             # The export got SIGTERM and removes its partial file; the window closes once it
@@ -276,3 +331,11 @@ class MainWindow(QMainWindow):
         self.export_panel.kill()
         self.playground.stop()
         self.settings.sync()
+
+
+def _scrolling(page: QWidget) -> QScrollArea:
+    """`page` in a frameless scroll area: a page wider than the tabs (a long line in one of its
+    labels) scrolls instead of widening the window past the screen."""
+    area = QScrollArea(widgetResizable=True, frameShape=QFrame.Shape.NoFrame)
+    area.setWidget(page)
+    return area

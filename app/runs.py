@@ -1,12 +1,14 @@
 """Run folders on disk: what the Runs tab lists and what it replays into the curves.
 
 A run folder holds config.yaml (written when the run starts), metrics.jsonl (the recorded
-events), checkpoints/ and, once finished, adapter/. Read with the standard library and yaml
-only, so listing a hundred runs stays instant and torch-free.
+events), checkpoints/ and, once finished, adapter/; the config the window launched it with
+lies beside it (NAME.yaml). Read with the standard library and yaml only, so listing a hundred
+runs stays instant and torch-free.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +18,16 @@ import yaml
 from app.series import Series
 from engine.api.history import read_history
 
+FAILED_TO_START = "failed to start"  # a config and nothing else: the engine ended at once
+# What a renamed folder may be called: one name (no separator), not hidden, and no '.' or space
+# at the end (Windows drops them).
+RUN_NAME = re.compile(r"\w([\w.\- ]*[\w\-])?")
+
 
 @dataclass
 class RunInfo:
     path: Path
-    status: str  # completed | stopped (resumable) | started | broken
+    status: str  # completed | stopped (resumable) | started | FAILED_TO_START
     model: str
     dataset: str
     best_accuracy: float | None
@@ -43,12 +50,12 @@ def read_run(folder: Path) -> RunInfo | None:
     accuracies = [r["accuracy"] for r in records
                   if r.get("type") == "eval" and isinstance(r.get("accuracy"), (int, float))]
     steps = [r["step"] for r in records if r.get("type") == "metrics" and isinstance(r.get("step"), int)]
-    if (folder / "adapter").is_dir():
+    if has_adapter(folder):
         status = "completed"
     elif (folder / "checkpoints").is_dir():
         status = "stopped"
     else:
-        status = "started" if records else "broken"
+        status = "started" if records else FAILED_TO_START
     return RunInfo(
         path=folder,
         status=status,
@@ -66,6 +73,49 @@ def list_runs(root: Path) -> list[RunInfo]:
         return []
     runs = [info for child in root.iterdir() if child.is_dir() and (info := read_run(child))]
     return sorted(runs, key=lambda r: (r.path / "config.yaml").stat().st_mtime, reverse=True)
+
+
+def has_adapter(folder: Path) -> bool:
+    """The run saved its PEFT adapter: what Export and the Playground load."""
+    return (folder / "adapter" / "adapter_config.json").is_file()
+
+
+def launch_config(folder: Path) -> Path:
+    """The config the window launched `folder`'s run with, beside the folder."""
+    return folder.with_name(f"{folder.name}.yaml")
+
+
+def name_problem(folder: Path, name: str) -> str:
+    """Why the run `folder` cannot be renamed to `name` ("" when it can)."""
+    if not RUN_NAME.fullmatch(name):
+        return (f"{name!r} cannot name a run folder: use letters, digits, '-', '_', '.' and "
+                "spaces, starting with a letter or digit, ending without '.' or a space")
+    target = folder.with_name(name)
+    if target.exists() or launch_config(target).exists():
+        return f"{target} exists already; pick another name"
+    return ""
+
+
+def rename_run(folder: Path, name: str) -> Path:
+    """Rename the run `folder` and its launch config to `name`; their output_dir follows, so
+    Resume continues the run in its new place. The new folder; OSError when the disk refuses."""
+    target = folder.with_name(name)
+    folder.rename(target)
+    if launch_config(folder).is_file():
+        launch_config(folder).rename(launch_config(target))
+    for config_path in (target / "config.yaml", launch_config(target)):
+        _point_output_dir(config_path, target)
+    return target
+
+
+def _point_output_dir(config_path: Path, folder: Path) -> None:
+    try:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return  # no config, or one the engine cannot read either: nothing points anywhere
+    if isinstance(config, dict) and "output_dir" in config:
+        config["output_dir"] = str(folder)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 
 def series_of(folder: Path) -> Series:

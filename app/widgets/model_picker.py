@@ -1,9 +1,8 @@
 """The model picker: a line edit (typed, dropped, browsed or one of the recent models) and the
-probe's one-line summary of the model it names."""
+probe's summary of the model it names."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Signal
@@ -23,8 +22,12 @@ from PySide6.QtWidgets import (
 from app.dataset_preview import dropped_path
 from app.json_tool import JsonTool
 from app.run_state import RunState
+from app.widgets.elided import ElidedLabel
 
 RECENT_MODELS = 8
+# The summary's height in lines, the same before, during and after a probe (the widgets below
+# it stay under the pointer); a longer message is elided, whole in the tooltip.
+SUMMARY_LINES = 3
 
 
 class ModelEdit(QLineEdit):
@@ -74,8 +77,8 @@ class ModelPicker(QWidget):
                                          popupMode=QToolButton.ToolButtonPopupMode.InstantPopup)
         self.recent_button.setMenu(QMenu(self.recent_button))
         self.recent_button.menu().aboutToShow.connect(self._fill_recent_menu)
-        self.summary = QLabel("Pick a model: a folder, a .gguf file, a hub id or 'default'",
-                              wordWrap=True)
+        self.summary = ElidedLabel(lines=SUMMARY_LINES)
+        self._say("Pick a model: a folder, a .gguf file, a hub id or 'default'")
 
         row = QHBoxLayout()
         row.addWidget(QLabel("Model"))
@@ -102,7 +105,7 @@ class ModelPicker(QWidget):
             return  # during a run a probe would compete with training for the cores
         self.probed = reference
         self.ready = False
-        self.summary.setText(f"{Path(reference).name}: reading the model…")
+        self._say(f"{Path(reference).name}: reading the model…")
         self.probe.run(reference)
 
     def _show_probe(self, result: dict) -> None:
@@ -110,17 +113,22 @@ class ModelPicker(QWidget):
             return  # an answer about a model the user has moved away from
         if "architecture" not in result:
             errors = result.get("errors") or [{"message": "the model could not be read"}]
-            message = html.escape(str(errors[0].get("message")))
-            self.summary.setText(f"<span style='color:#b00'>{message}</span>")
+            self._say(str(errors[0].get("message")), error=True)
             return
         parameters = result.get("parameters") or 0
         size = f"{parameters / 1e9:.2f} B" if parameters >= 1e9 else f"{parameters / 1e6:.1f} M"
-        self.summary.setText(
+        self._say(
             f"{result['architecture']} · {size} parameters · context {result.get('context_length')}"
             f" · {'chat template' if result.get('chat_template') else 'no chat template'}"
             f" · weights {result.get('stored_dtype')}")
         self.ready, self.folder = True, str(result.get("folder", ""))
         self.sig_model_read.emit(result)
+
+    def _say(self, text: str, error: bool = False) -> None:
+        """Show `text` in the summary, red when it says what is wrong; whole in the tooltip."""
+        self.summary.setText(text)
+        self.summary.setToolTip(text)
+        self.summary.setStyleSheet("color: #b00" if error else "")
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Model folder")

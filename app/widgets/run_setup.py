@@ -31,6 +31,8 @@ from app.widgets.model_picker import ModelPicker
 from engine.api import config as config_io
 from engine.api.errors import UserError
 
+LAST_CONFIG_KEY = "last_config"  # the YAML of the config when the window last closed
+
 
 class RunSetup(QScrollArea):
     """Model and data, device and memory, training settings: everything the config holds."""
@@ -93,14 +95,33 @@ class RunSetup(QScrollArea):
         self.setWidget(content)
 
     def restore(self) -> None:
-        """The last run's model and dataset (the model is sized at once; the probe waits for a
-        request)."""
-        recent = self.model_picker.recent_models()
-        if recent:
-            self.model_picker.edit.setText(recent[0])
-        last = self.settings.value("last_dataset", "")
-        if last and Path(last).exists():
-            self.set_dataset(last)
+        """The config of the last session (save_state): settings, model and dataset; the model
+        is sized at once, the probe waits for a request. The first time: the last run's model."""
+        config = self._saved_config()
+        if config is None:
+            recent = self.model_picker.recent_models()
+            if recent:
+                self.model_picker.edit.setText(recent[0])
+            return
+        self._show_config(config)
+        if config.dataset and Path(config.dataset).exists():
+            self.set_dataset(config.dataset)
+
+    def save_state(self) -> None:
+        """Keep the config as it stands, valid or not yet, for the next session's restore."""
+        try:
+            config = self._config()
+        except UserError:
+            return  # a field half typed: the session before this one is restored instead
+        self.settings.setValue(LAST_CONFIG_KEY,
+                               yaml.safe_dump(config_io.to_dict(config), sort_keys=False))
+
+    def _saved_config(self) -> config_io.TrainConfig | None:
+        try:
+            values = yaml.safe_load(str(self.settings.value(LAST_CONFIG_KEY, "")))
+            return config_io.from_dict(values) if isinstance(values, dict) else None
+        except (yaml.YAMLError, UserError):
+            return None  # written by a version with other fields: start from the defaults
 
     # ---- model, data and memory ---------------------------------------------------------
     def _size_model(self) -> None:
@@ -160,6 +181,11 @@ class RunSetup(QScrollArea):
     # ---- the config ---------------------------------------------------------------------
     def current_config(self) -> config_io.TrainConfig:
         """The exact config the engine will get; raises UserError naming a bad field."""
+        return config_io.validate(self._config())
+
+    def _config(self) -> config_io.TrainConfig:
+        """The form, model, dataset and device as they stand, not validated; raises UserError
+        naming a form field that holds no value."""
         try:
             config = self.form.config()
         except ValueError as exc:
@@ -168,7 +194,7 @@ class RunSetup(QScrollArea):
         config.dataset = self.dataset_edit.text().strip()
         config.schema = self.preview.schema.currentText()
         self.device.apply(config)
-        return config_io.validate(config)
+        return config
 
     def show_yaml(self) -> QDialog:
         try:
@@ -186,18 +212,24 @@ class RunSetup(QScrollArea):
 
     def load_config(self, path: str | Path) -> None:
         config = config_io.load(path)
+        self._show_config(config)
+        if config.model:
+            self.model_picker.probe_model(config.model)
+        if config.dataset:
+            self.set_dataset(config.dataset)
+
+    def _show_config(self, config: config_io.TrainConfig) -> None:
+        """Fill the form, the budget, the schema and the model from `config` (the dataset, which
+        starts an inspection, is the caller's)."""
         self.form.set_config(config)
         self.form.preset.setCurrentText("Custom")
         if config.memory_budget_gb:
             self.device.budget.setValue(config.memory_budget_gb)
-        self.preview.schema.blockSignals(True)  # set_dataset below inspects once, with it
+        self.preview.schema.blockSignals(True)  # the caller's set_dataset inspects once, with it
         self.preview.schema.setCurrentText(config.schema)
         self.preview.schema.blockSignals(False)
         if config.model:
             self.model_picker.edit.setText(config.model)
-            self.model_picker.probe_model(config.model)
-        if config.dataset:
-            self.set_dataset(config.dataset)
 
     def _load_config_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load config", "", "YAML (*.yaml *.yml)")
