@@ -86,6 +86,7 @@ CHARTS = (
           Axis("{unit} / step", (("ms", 1000.0), ("s", 1.0))), Axis("tokens / s")),
 )
 MEMORY = "Memory"  # the chart that draws the budget line
+HOVER_TEXT = "Hover a plot to read its values"
 
 
 def _look(curve: Curve, colour: str) -> dict[str, Any]:
@@ -123,7 +124,7 @@ class CurvesWidget(QWidget):
         self.runs: list[Series] = [Series("live")]
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.setBackground("w")
-        self.hover = ElidedLabel("Hover a plot to read its values")
+        self.hover = ElidedLabel(HOVER_TEXT)
         self.plots: dict[str, pg.PlotItem] = {}
         self.right_views: dict[str, pg.ViewBox] = {}
         self.legends: dict[str, pg.LegendItem] = {}
@@ -199,6 +200,12 @@ class CurvesWidget(QWidget):
         for view in self.right_views.values():
             for item in list(view.addedItems):
                 view.removeItem(item)
+        # The runs shown now set the axes, not where the last ones were zoomed or panned to.
+        for chart in CHARTS:
+            self.plots[chart.title].enableAutoRange()
+            if chart.right is not None and chart.right.fixed_range is None:
+                self.right_views[chart.title].enableAutoRange(axis=pg.ViewBox.YAxis)
+        self.hover.setText(HOVER_TEXT)
         self._items.clear()
         self._item_plot.clear()
         self._item_unit.clear()

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from platformdirs import user_data_dir
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtCore import QSettings, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QDialog,
     QFrame,
     QListWidgetItem,
     QMainWindow,
+    QMessageBox,
     QScrollArea,
     QSplitter,
     QTabWidget,
@@ -30,12 +31,15 @@ from PySide6.QtWidgets import (
 from app.about import AboutDialog
 from app.engine_client import EngineClient
 from app.export_panel import ExportPanel
+from app.notifications import Notifier
+from app.run_progress import RunProgress
 from app.run_state import RunState
 from app.runs import has_adapter, series_of
+from app.status_line import StatusLine, StatusMessage
 from app.widgets.curves_tab import CurvesTab
 from app.widgets.log_view import LogView
 from app.widgets.playground import PlaygroundWidget
-from app.widgets.run_controls import RunControls
+from app.widgets.run_controls import RunControls, outcome
 from app.widgets.run_setup import RunSetup
 from app.widgets.runs_tab import RunsTab, folder_of
 from engine.api import config as config_io
@@ -91,10 +95,16 @@ class MainWindow(QMainWindow):
         self.setup = RunSetup(self.settings, self.run)
         self.setup.device.sig_fit_changed.connect(lambda _: self._update_buttons(self.run.state))
         self.setup.preview.sig_validity_changed.connect(lambda _: self._update_buttons(self.run.state))
-        self.controls = RunControls()
+        self.setup.sig_inputs_changed.connect(self._inputs_changed)
+        self.status = StatusLine(self)
+        self.controls = RunControls(self.status)
         self.controls.start_button.clicked.connect(self.start)
         self.controls.stop_button.clicked.connect(self.stop)
         self.controls.resume_button.clicked.connect(self.resume)
+        self.controls.open_folder_button.clicked.connect(self.open_run_folder)
+        self.notifier = Notifier(self, self.controls.banner, self.settings)
+        self.quit_question: QMessageBox | None = None
+        self._quit_when_stopped = False
         left = QWidget(minimumWidth=LEFT_PANEL_MIN_WIDTH)
         left_layout = QVBoxLayout(left)
         left_layout.addWidget(self.setup, 1)
@@ -121,6 +131,7 @@ class MainWindow(QMainWindow):
         for index in (0, 1):
             self.splitter.setCollapsible(index, False)
         self.setCentralWidget(self.splitter)
+        self.menuBar().addMenu("&Run").addAction(self.notifier.sound_action)
         self.menuBar().addMenu("&Help").addAction("About EdgeTune", self.show_about)
         QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.start)
         QShortcut(QKeySequence("Ctrl+."), self, activated=self.stop)
@@ -144,15 +155,12 @@ class MainWindow(QMainWindow):
     def start(self) -> None:
         if self.run.state != "idle":
             return
-        blocked = self._blocking_reason()
-        if blocked:  # the shortcut reaches here with the button disabled
-            self.controls.show_error(blocked)
-            return
         try:
-            config = self.setup.current_config()
+            config = self._checked_config()
         except UserError as exc:
-            self.controls.show_error(str(exc))
+            self.status.show("input", StatusMessage(str(exc), error=True))
             return
+        self.status.clear("input")
         name = time.strftime("run-%Y%m%d-%H%M%S")
         output_dir = self.runs_root / name
         suffix = 1
@@ -165,9 +173,9 @@ class MainWindow(QMainWindow):
             self.runs_root.mkdir(parents=True, exist_ok=True)
             config_io.save(config, config_path)
         except OSError as exc:
-            self.controls.show_error(f"cannot write the run's config {config_path}: "
-                                     f"{exc.strerror or exc}; free disk space or make "
-                                     f"{self.runs_root} writable (nothing was started)")
+            self.status.show("outcome", StatusMessage(
+                f"cannot write the run's config {config_path}: {exc.strerror or exc}; free disk "
+                f"space or make {self.runs_root} writable (nothing was started)", error=True))
             return
         self.setup.model_picker.remember(config.model)
         self.settings.setValue("runs_root", str(self.runs_root))
@@ -185,12 +193,15 @@ class MainWindow(QMainWindow):
         self.run.config_path, self.run.output_dir = config_path, output_dir
         self.run.started_at = time.monotonic()
         self.run.last_error = ""
+        self.run.progress = RunProgress(total_steps=total)
         if resume and output_dir is not None:
             self.curves.show_runs([series_of(output_dir)])
             self.curves.runs[0].label = "live"
         else:
             self.curves.clear()
-        self.controls.show_launched(resume, total)
+        self.controls.show_launched(total)
+        self.status.clear()  # what was said belonged to the last run or the inputs it passed
+        self.status.show("launch", StatusMessage("Resuming…" if resume else "Starting the engine…"))
         self.log.add_line("info", f"{'resume' if resume else 'start'}: {config_path}")
         self.run.set("running")
         self.engine.start(config_path, resume=resume)
@@ -208,51 +219,113 @@ class MainWindow(QMainWindow):
     def stop(self) -> None:
         if self.run.state == "running":
             self.run.set("stopping")
-            self.controls.status_line.setText("Stopping after this step (a checkpoint is written)…")
+            self.status.show("stopping", StatusMessage("Stopping after this step (a checkpoint is written)…"))
             self.engine.stop()
 
     def _blocking_reason(self) -> str:
         """Why Start cannot run now: the memory fit, or a dataset the preview cannot read."""
         return self.setup.device.blocking_reason or self.setup.preview.blocking_reason
 
+    def _checked_config(self) -> config_io.TrainConfig:
+        """The config Start would launch; UserError saying why Start cannot run it."""
+        blocked = self._blocking_reason()
+        if blocked:  # the shortcut reaches Start with the button disabled
+            raise UserError(blocked)
+        return self.setup.current_config()
+
+    def _inputs_changed(self) -> None:
+        # A refused Start's error stands while its cause does: checked again, it goes once the
+        # inputs pass, or gives way to what is wrong now. A failed run's error was about the
+        # inputs it ran with; only the engine can tell whether the change fixed it.
+        if self.status.message("input") is not None:
+            try:
+                self._checked_config()
+            except UserError as exc:
+                self.status.show("input", StatusMessage(str(exc), error=True))
+            else:
+                self.status.clear("input")
+        if self.run.state == "idle" and self.run.last_status == "failed":
+            self.status.clear("outcome")
+
     def _update_buttons(self, state: str) -> None:
-        self.controls.update_buttons(state, self._blocking_reason(), self.run.resumable)
+        self.controls.update_buttons(state, self._blocking_reason(), self.run.resumable,
+                                     self.run.output_dir is not None)
+
+    def open_run_folder(self) -> None:
+        """Show the current (or last) run's folder in the file manager."""
+        if self.run.output_dir is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.run.output_dir)))
 
     # ---- engine events ----------------------------------------------------------------
     def _on_event(self, event) -> None:
         data = event.data
         if event.type in ("metrics", "eval", "memory"):
             self.curves.add_event(event.type, data)
+        if event.type in ("progress", "metrics"):
+            self.status.clear("stage")  # training went on after an evaluation or a checkpoint
         if event.type == "progress":
-            self.controls.show_progress(data, self.run.tokens_per_second)
+            self.run.progress.on_progress(data)
+            self.controls.show_progress(self.run.progress, self.run.tokens_per_second)
         elif event.type == "metrics":
             self.run.tokens_per_second = data.get("tokens_per_second")
         elif event.type == "status":
-            self.controls.status_line.setText(str(data.get("message") or data.get("state")))
+            self._on_status(event)
         elif event.type == "log":
             self.log.add_line(str(data.get("level", "info")), str(data.get("message", "")))
         elif event.type == "eval":
             accuracy = data.get("accuracy")
             text = f"eval @ step {data.get('step')}: loss {data.get('loss', float('nan')):.4f}"
             self.log.add_line("info", text + (f", accuracy {accuracy:.1%}" if accuracy is not None else ""))
+            self.status.clear("stage")
+            self.run.progress.on_evaluated(event.time)
+            self.controls.show_progress(self.run.progress, self.run.tokens_per_second)
         elif event.type == "artifact" and data.get("kind") == "adapter":
             self.export_panel.set_run(Path(str(data.get("path"))).parent)
         elif event.type == "error":
             self.run.last_error = str(data.get("message"))
             self.log.add_line("error", self.run.last_error)
-            self.controls.show_error(self.run.last_error)
         elif event.type == "checkpoint":
             self.log.add_line("info", f"checkpoint @ step {data.get('step')}: {data.get('path')}")
+            self.status.clear("stage")
+
+    def _on_status(self, event) -> None:
+        data = event.data
+        state = str(data.get("state"))
+        message = StatusMessage(str(data.get("message") or state))
+        if data.get("device"):
+            self.controls.show_device(str(data["device"]), data.get("threads"))
+        if state in ("evaluating", "checkpointing"):  # passing stages, over the standing one
+            self.status.show("stage", message)
+        else:
+            self.status.clear("launch", "stage")
+            self.status.show("engine", message)
+        if state == "evaluating":
+            self.run.progress.on_evaluating(data, event.time)
+            self.controls.show_progress(self.run.progress, self.run.tokens_per_second)
 
     def _on_finished(self, status: str, exit_code: int) -> None:
         self.run.last_status = status
-        self.controls.show_finished(status, exit_code, self.run.last_error, list(self.engine.stderr_tail))
+        ended = outcome(status, exit_code, self.run.last_error, list(self.engine.stderr_tail))
+        self.status.clear("launch", "engine", "stage", "stopping")
+        self.status.show("outcome", ended)
         if status == "completed" and self.run.output_dir is not None:
             self._offer_adapter_run(self.run.output_dir)
         self.curves.redraw()
         self.run.set("idle")
         self.runs_tab.refresh()
+        if self._quit_when_stopped:
+            QTimer.singleShot(0, self.close)
+        elif status != "stopped":  # a stop is the user's own doing
+            self._notify(status, ended)
         self.sig_run_finished.emit(status)
+
+    def _notify(self, status: str, ended: StatusMessage) -> None:
+        name = self.run.output_dir.name if self.run.output_dir is not None else "the run"
+        if status == "completed":
+            self.notifier.notify("EdgeTune: run finished", f"{name} finished at step "
+                                 f"{self.run.progress.step}; the adapter is saved.", failed=False)
+        else:
+            self.notifier.notify("EdgeTune: run failed", f"{name}: {ended.text}", failed=True)
 
     # ---- runs history -----------------------------------------------------------------
     def open_runs(self, items: list[QListWidgetItem]) -> None:
@@ -314,6 +387,15 @@ class MainWindow(QMainWindow):
             self.settings.setValue("schema_version", SETTINGS_SCHEMA)
 
     def closeEvent(self, event) -> None:
+        if self.run.state != "idle":
+            # Killing the engine now would lose every step since its last checkpoint: it is
+            # asked to stop cleanly first, and the window closes once it has ended.
+            event.ignore()
+            if self.run.state == "running":
+                self._ask_to_stop_and_quit()
+            else:
+                self._stop_and_quit()
+            return
         self.save_state()
         self.shutdown()
         if self.export_panel.is_running():
@@ -323,6 +405,34 @@ class MainWindow(QMainWindow):
             QTimer.singleShot(100, self.close)
             return
         super().closeEvent(event)
+
+    def _ask_to_stop_and_quit(self) -> QMessageBox:
+        """"A run is in progress — stop and quit?", asked without blocking the event loop (the
+        run goes on drawing); Cancel keeps the window and the run."""
+        if self.quit_question is None:
+            box = QMessageBox(QMessageBox.Icon.Question, "Quit EdgeTune",
+                              "A run is in progress — stop and quit?",
+                              QMessageBox.StandardButton.Cancel, self)
+            box.setInformativeText("The run finishes its step and writes a checkpoint first; "
+                                   "Resume continues from it.")
+            stop = box.addButton("Stop and quit", QMessageBox.ButtonRole.AcceptRole)
+            box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+            box.buttonClicked.connect(lambda button: self._stop_and_quit() if button is stop else None)
+            self.quit_question = box
+        self.quit_question.open()
+        return self.quit_question
+
+    def _stop_and_quit(self) -> None:
+        """Stop the run cleanly and close once the engine has ended; the stop's own escalation
+        (terminate, then kill) bounds the wait."""
+        if self.run.state == "idle":  # it ended while the question was open
+            self.close()
+            return
+        self._quit_when_stopped = True
+        self.stop()
+        self.status.show("stopping", StatusMessage(
+            "Stopping the run: its step is finished and a checkpoint written, then EdgeTune "
+            "closes…"))
 
     def shutdown(self) -> None:
         """End every child process (engine, inspection, export, chat); none is waited for."""

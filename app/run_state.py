@@ -6,6 +6,9 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
+from app.run_progress import RunProgress
+from engine.api.checkpoints import CHECKPOINTS
+
 
 class RunState(QObject):
     """The run's state, folders, and what its last events said."""
@@ -22,6 +25,7 @@ class RunState(QObject):
         self.last_error = ""  # the engine's error event of this run, shown when it ends
         self.started_at = 0.0
         self.tokens_per_second: float | None = None  # the last metrics event's, shown with progress
+        self.progress = RunProgress()
 
     def set(self, state: str) -> None:
         self.state = state
@@ -32,4 +36,4 @@ class RunState(QObject):
         """The run ended early and left checkpoints that Resume continues from."""
         return (self.last_status in ("stopped", "crashed", "hung", "failed")
                 and self.output_dir is not None
-                and (self.output_dir / "checkpoints").is_dir())
+                and (self.output_dir / CHECKPOINTS).is_dir())

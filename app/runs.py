@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from app.series import Series
+from engine.api.checkpoints import CHECKPOINTS, resumable_step
 from engine.api.history import read_history
 
 FAILED_TO_START = "failed to start"  # a config and nothing else: the engine ended at once
@@ -33,6 +34,17 @@ class RunInfo:
     best_accuracy: float | None
     last_step: int
     date: str
+    resumable_step: int | None  # the newest checkpoint's step, where Resume continues
+
+    @property
+    def step_text(self) -> str:
+        """How far it got and, unless it completed, where Resume continues: "step 522 ·
+        resumable from 500" (the steps after the last checkpoint are run again)."""
+        if self.status == "completed":
+            return f"step {self.last_step}"
+        resumable = ("no checkpoint to resume from" if self.resumable_step is None
+                     else f"resumable from {self.resumable_step}")
+        return f"step {self.last_step} · {resumable}"
 
 
 def read_run(folder: Path) -> RunInfo | None:
@@ -51,8 +63,8 @@ def read_run(folder: Path) -> RunInfo | None:
                   if r.get("type") == "eval" and isinstance(r.get("accuracy"), (int, float))]
     steps = [r["step"] for r in records if r.get("type") == "metrics" and isinstance(r.get("step"), int)]
     if has_adapter(folder):
-        status = "completed"
-    elif (folder / "checkpoints").is_dir():
+        status = "completed" if _ended(records) else "stopped"
+    elif (folder / CHECKPOINTS).is_dir():
         status = "stopped"
     else:
         status = "started" if records else FAILED_TO_START
@@ -63,8 +75,16 @@ def read_run(folder: Path) -> RunInfo | None:
         dataset=Path(str(config.get("dataset", ""))).name or "?",
         best_accuracy=max(accuracies) if accuracies else None,
         last_step=max(steps) if steps else 0,
+        resumable_step=resumable_step(folder),
         date=time.strftime("%Y-%m-%d %H:%M", time.localtime(config_path.stat().st_mtime)),
     )
+
+
+def _ended(records: list[dict]) -> bool:
+    """The run's last checkpoint was written at its end: a stopped run saves an adapter too, and
+    only this tells the two apart (a run recorded before checkpoints said why counts as ended)."""
+    checkpoints = [r for r in records if r.get("type") == "checkpoint"]
+    return not checkpoints or checkpoints[-1].get("reason", "end") == "end"
 
 
 def list_runs(root: Path) -> list[RunInfo]:

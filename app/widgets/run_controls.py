@@ -1,12 +1,14 @@
-"""Start, Stop and Resume, with the run's progress and its status line under them."""
+"""Start, Stop and Resume, with the run's progress, its device and its status line under them."""
 
 from __future__ import annotations
 
-import html
-
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from app.settings_form import name_the_controls
+from app.run_progress import RunProgress
+from app.status_line import StatusLine, StatusMessage
+from app.widgets.banner import Banner
+from app.widgets.elided import ElidedLabel
 
 FINISHED = {
     "completed": "Finished: the adapter is saved.",
@@ -18,10 +20,31 @@ FINISHED = {
 }
 
 
-class RunControls(QWidget):
-    """The run's buttons, progress bar, progress line and status line."""
+def outcome(status: str, exit_code: int, last_error: str, stderr_tail: list[str]) -> StatusMessage:
+    """How a run ended; a failure says the engine's error, or shows its last stderr lines."""
+    text = FINISHED.get(status, status).format(code=exit_code)
+    if status == "failed" and last_error:
+        return StatusMessage(last_error, error=True)  # says what to change; the Log tab has the rest
+    if status in ("crashed", "hung", "failed"):
+        return StatusMessage(text, error=True, detail=tuple(stderr_tail[-3:]))
+    return StatusMessage(text)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+
+def device_text(device: str, threads: int | None) -> str:
+    """"CPU · 2 threads", "CUDA:0", "MPS": an engine status's device as the indicator says it."""
+    if device == "cpu" and threads:
+        return f"CPU · {threads} thread{'s' if threads != 1 else ''}"
+    return device.upper()
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+
+class RunControls(QWidget):
+    """The run's buttons, progress bar and line, device indicator, status line and notices."""
+
+    def __init__(self, status: StatusLine, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.start_button = QPushButton("Start")
         self.start_button.setToolTip("Ctrl+Return")
@@ -30,58 +53,59 @@ class RunControls(QWidget):
         self.resume_button = QPushButton("Resume")
         self.progress = QProgressBar(format="step %v / %m")
         self.progress_text = QLabel("")
-        self.status_line = QLabel("Ready", wordWrap=True)
+        self.device_label = ElidedLabel("")
+        self.open_folder_button = QPushButton("Open run folder")
+        self.status_line = QLabel(wordWrap=True, textFormat=Qt.TextFormat.RichText)
+        self.banner = Banner()
+        status.sig_changed.connect(lambda: self.status_line.setText(status.shown().html()))
         buttons = QHBoxLayout()
         for button in (self.start_button, self.stop_button, self.resume_button):
             buttons.addWidget(button)
+        device_row = QHBoxLayout()
+        device_row.addWidget(self.device_label, 1)
+        device_row.addWidget(self.open_folder_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)  # its rows line up with the panel's
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.progress_text)
+        layout.addLayout(device_row)
         layout.addWidget(self.status_line)
+        layout.addWidget(self.banner)
+        self.status_line.setText(status.shown().html())
 
-    def update_buttons(self, state: str, blocking_reason: str, resumable: bool) -> None:
+    def update_buttons(self, state: str, blocking_reason: str, resumable: bool,
+                       has_folder: bool) -> None:
         """Enable what `state` allows; `blocking_reason` (why the run does not fit) disables Start."""
         idle = state == "idle"
         self.start_button.setEnabled(idle and not blocking_reason)
         self.start_button.setToolTip(blocking_reason or "Ctrl+Return")
         self.stop_button.setEnabled(state == "running")
         self.resume_button.setEnabled(idle and resumable)
+        self.open_folder_button.setEnabled(has_folder)
+        if idle:
+            self.device_label.setText("")  # it says what a run is running on
 
-    def show_launched(self, resume: bool, total_steps: int) -> None:
+    def show_launched(self, total_steps: int) -> None:
         self.progress.setMaximum(total_steps)
         self.progress.setValue(0)
         self.progress_text.setText("")
-        self.status_line.setText("Resuming…" if resume else "Starting the engine…")
 
-    def show_progress(self, data: dict, tokens_per_second: float | None) -> None:
-        """A progress event's step, total and ETA, with the last measured speed."""
-        step, total = int(data.get("step", 0)), int(data.get("total_steps", 0) or 1)
-        self.progress.setMaximum(total)
-        self.progress.setValue(step)
-        eta = data.get("eta_seconds")
-        parts = [f"step {step}/{total}"]
-        if eta is not None:
-            parts.append(f"ETA {int(eta) // 60}:{int(eta) % 60:02d}")
-        if tokens_per_second:
+    def show_device(self, device: str, threads: int | None) -> None:
+        self.device_label.setText(f"running on {device_text(device, threads)}")
+
+    def show_progress(self, progress: RunProgress, tokens_per_second: float | None) -> None:
+        """The step, an evaluation under way, the time left, and the last measured speed."""
+        if progress.total_steps:
+            self.progress.setMaximum(progress.total_steps)
+            self.progress.setValue(progress.step)
+        parts = [f"step {progress.step}/{progress.total_steps}"] if progress.total_steps else []
+        evaluation = progress.evaluation
+        if evaluation is not None:
+            parts.append(f"evaluating {evaluation.rows_done}/{evaluation.rows} rows")
+        left = progress.seconds_left()
+        if left is not None:
+            parts.append(f"ETA {_clock(left)}")
+        if tokens_per_second and evaluation is None:
             parts.append(f"{tokens_per_second:.0f} tokens/s")
         self.progress_text.setText("   ".join(parts))
-
-    def show_error(self, message: str) -> None:
-        # Rich text: a path or message holding < or & must show as typed.
-        self.status_line.setText(
-            f"<span style='color:#b00'>{html.escape(name_the_controls(message))}</span>")
-
-    def show_finished(self, status: str, exit_code: int, last_error: str,
-                      stderr_tail: list[str]) -> None:
-        """How the run ended; a failure shows the engine's error, or its last stderr lines."""
-        text = FINISHED.get(status, status).format(code=exit_code)
-        if status == "failed" and last_error:
-            self.show_error(last_error)  # says what to change; the Log tab has the rest
-        elif status in ("crashed", "hung", "failed"):
-            tail = "<br>".join(html.escape(line[-160:]) for line in stderr_tail[-3:])
-            self.status_line.setText(f"<span style='color:#b00'>{text}</span>"
-                                     + (f"<br><tt>{tail}</tt>" if tail else ""))
-        else:
-            self.status_line.setText(text)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import yaml
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QSettings, Signal
 from PySide6.QtWidgets import (
     QDialog,
     QFileDialog,
@@ -37,6 +37,9 @@ LAST_CONFIG_KEY = "last_config"  # the YAML of the config when the window last c
 class RunSetup(QScrollArea):
     """Model and data, device and memory, training settings: everything the config holds."""
 
+    sig_inputs_changed = Signal()
+    """Something the config or Start's checks are made of changed (a field, the model, the data)."""
+
     def __init__(self, settings: QSettings, run: RunState, parent: QWidget | None = None) -> None:
         super().__init__(parent, widgetResizable=True)
         self.settings = settings
@@ -61,6 +64,11 @@ class RunSetup(QScrollArea):
         self.device = DevicePanel(settings)
         self.form.sig_settings_changed.connect(self.refresh_estimate)
         self.device.sig_device_changed.connect(self.refresh_estimate)
+        for changed in (self.form.sig_settings_changed, self.device.sig_device_changed,
+                        self.device.sig_fit_changed, self.preview.sig_validity_changed,
+                        self.preview.schema.currentTextChanged, self.model_picker.edit.textChanged,
+                        self.dataset_edit.textChanged):
+            changed.connect(self.sig_inputs_changed)
 
         inputs = QGroupBox("Model and data")
         inputs_layout = QVBoxLayout(inputs)

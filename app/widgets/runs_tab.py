@@ -87,7 +87,7 @@ class RunsTab(QWidget):
             text = f"{info.path.name}  [{status}]  {info.model} · {info.dataset} · "
             if status != FAILED_TO_START:
                 best = f"{info.best_accuracy:.1%}" if info.best_accuracy is not None else "–"
-                text += f"best acc {best} · step {info.last_step} · "
+                text += f"best acc {best} · {info.step_text} · "
             item = QListWidgetItem(text + info.date)
             item.setData(Qt.ItemDataRole.UserRole, str(info.path))
             item.setData(STATUS_ROLE, status)

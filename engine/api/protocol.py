@@ -25,7 +25,9 @@ Event payloads (fields may be added):
   "training" | "evaluating" | "checkpointing"; chat "loading" | "generating"; export the stage
   names of its format (executorch "load" | "convert" | "export" | "lower" | "serialize" |
   "verify"; gguf "base" | "adapter" | "verify"; merged-gguf "merge" | "verify" | "quantise");
-  push "pushing" | "verifying"
+  push "pushing" | "verifying". Training adds device (the one it computes on: "cpu",
+  "cuda:0", "mps") and threads (torch's CPU threads); "evaluating" comes as the evaluation
+  starts and after each batch, with step, rows_done and rows (its progress)
 - progress: training: step, total_steps, elapsed_seconds, eta_seconds. export: stage (1-based
   index), stages (their count), name, seconds (null as the stage starts, its duration as it
   ends). push: percent (of all bytes), file, file_percent
@@ -33,7 +35,8 @@ Event payloads (fields may be added):
 - eval: step, loss, accuracy (classification only, else null), rows
 - memory: step, rss_bytes, peak_rss_bytes, device_allocated_bytes (null on CPU), budget_bytes
 - log: level ("debug" | "info" | "warning" | "error"), message
-- checkpoint: step, path
+- checkpoint: step, path, reason (why it was written: "interval" (checkpoint_every), "stop",
+  "memory" (the budget was crossed) or "end" (the run's end, before its adapter is saved))
 - artifact: kind, path: what the command wrote. training "adapter" | "plot"; export the format
   ("gguf" | "merged-gguf" | "executorch") and the exported file or folder; push "device" and
   SERIAL:/folder on the phone

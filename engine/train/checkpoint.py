@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from engine.api.checkpoints import FOLDER_PREFIX, MANIFEST, folder_name
 from engine.api.errors import UserError
 from engine.files import file_hash
 
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.safetensors"
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -50,7 +50,7 @@ def save(
     root: Path, step: int, state: dict[str, torch.Tensor], config_fingerprint: str, keep: int
 ) -> Path:
     """Write a checkpoint for `step` atomically; prune all but the newest `keep` good ones."""
-    final = root / f"step-{step:08d}"
+    final = root / folder_name(step)
     partial = root / f".{final.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     try:
@@ -81,7 +81,7 @@ def save(
             f"cannot write checkpoint {final}: {reason}; free disk space or pick a writable "
             "output_dir (the previous checkpoint is intact)"
         ) from exc
-    for old in sorted(root.glob("step-*"))[:-keep]:
+    for old in sorted(root.glob(f"{FOLDER_PREFIX}*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -107,7 +107,7 @@ def verify(path: Path) -> str | None:
 
 def load_latest(root: Path, warn=log.warning) -> Checkpoint | None:
     """The newest intact checkpoint under `root`; damaged ones are reported and skipped."""
-    candidates = sorted(root.glob("step-*"), reverse=True) if root.exists() else []
+    candidates = sorted(root.glob(f"{FOLDER_PREFIX}*"), reverse=True) if root.exists() else []
     damaged = []
     for path in candidates:
         problem = verify(path)

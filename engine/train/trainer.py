@@ -18,10 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from engine.api import config as config_io
+from engine.api.checkpoints import CHECKPOINTS
 from engine.api.config import TrainConfig
 from engine.api.errors import UserError
 from engine.api.estimate import Shape, estimate, scored_columns, suggest
@@ -126,9 +128,13 @@ class Trainer:
         self.dtype = devices.resolve_dtype(cfg.dtype, self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.bus.emit("status", state="loading", message=f"loading data from {cfg.dataset}")
+        # "cuda" alone names no card; the window shows the one that computes.
+        self.device_name = (f"cuda:{torch.cuda.current_device()}"
+                            if self.device.type == "cuda" and self.device.index is None
+                            else str(self.device))
+        self._status("loading", f"loading data from {cfg.dataset}")
         self.train_data, self.eval_data = self._load_data()
-        self.bus.emit("status", state="loading", message=f"loading model {cfg.model}")
+        self._status("loading", f"loading model {cfg.model}")
         loaded = models.load(cfg.model, self.device, self.dtype, cfg.trust_remote_code)
         self.model, self.tokenizer, self.model_folder = loaded.model, loaded.tokenizer, loaded.folder
         if cfg.dtype == "int8":
@@ -182,7 +188,7 @@ class Trainer:
 
     def _prepare_output_dir(self, resume: bool) -> None:
         out = self.output_dir
-        has_run = (out / "config.yaml").exists() or (out / "checkpoints").exists()
+        has_run = (out / "config.yaml").exists() or (out / CHECKPOINTS).exists()
         if has_run and not resume:
             raise UserError(
                 f"output_dir {out} already holds a run; pass --resume to continue it, or choose "
@@ -237,7 +243,7 @@ class Trainer:
         return train, held_out
 
     def _restore(self) -> None:
-        found = checkpoint.load_latest(self.output_dir / "checkpoints",
+        found = checkpoint.load_latest(self.output_dir / CHECKPOINTS,
                                        warn=lambda m: self.bus.log(m, "warning"))
         if found is None:
             raise UserError(f"--resume: {self.output_dir} has no checkpoint yet; start it again "
@@ -289,7 +295,7 @@ class Trainer:
         cfg = self.config
         if self.start_step == 0:
             self.eval_before = self.evaluate(0)
-        self.bus.emit("status", state="training", message=f"training with {cfg.optimizer.name}")
+        self._status("training", f"training with {cfg.optimizer.name}")
         budget_seconds = cfg.time_budget_minutes * 60
         started = time.perf_counter()
         step = self.start_step
@@ -349,14 +355,14 @@ class Trainer:
                                  f"without a better held-out score than step {self.best['step']}")
                     break
             if stop_requested:
-                self.save_checkpoint(step)
+                self.save_checkpoint(step, "stop")
                 adapter_dir, adapter_step = self.save_adapter(step)
                 return RunResult("stopped", step, self.eval_before, None, adapter_dir, "stopped",
                                  adapter_step)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                self.save_checkpoint(step)
+                self.save_checkpoint(step, "interval")
         eval_after = self.final_eval or self.evaluate(step)
-        self.save_checkpoint(step)
+        self.save_checkpoint(step, "end")
         adapter_dir, adapter_step = self.save_adapter(step)
         return RunResult("completed", step, self.eval_before, eval_after, adapter_dir, reason,
                          adapter_step)
@@ -378,7 +384,7 @@ class Trainer:
         cfg = self.config
         spec = program.ProgramSpec.of(self.objective, self.adapter.store, copies_needed(cfg.optimizer),
                                       cfg.batch_size, cfg.max_seq_len)
-        self.bus.emit("status", state="loading", message="preparing the ExecuTorch training program")
+        self._status("loading", "preparing the ExecuTorch training program")
         traced = program.TrainingProgram(self.model, self.adapter, self.objective, spec.copies)
         path = program.cached_program(self.output_dir, program.program_key(cfg, self.model_folder, spec),
                                       traced, spec, self.bus.log)
@@ -386,17 +392,22 @@ class Trainer:
         return lambda batch, copies: losses(batch, self.adapter.store.copies[:copies])
 
     def evaluate(self, step: int) -> dict:
-        self.bus.emit("status", state="evaluating", message=f"evaluating at step {step}")
         examples = self.eval_data.examples
         starts = range(0, len(examples), EVAL_BATCH_ROWS)
         # Each worker scores its block of the batches; the sums then run in batch order, as on
         # one worker, over the gathered (exact float64) per-batch numbers.
         mine = self.world.share(len(starts))
         scored = torch.zeros(2, len(mine), dtype=torch.float64)
+        # A large held-out set takes tens of seconds: a status per batch shows how far it is.
+        # This worker's share of its rows stands for the whole evaluation's (exact on one).
+        my_rows = [len(examples[starts[b]:starts[b] + EVAL_BATCH_ROWS]) for b in mine]
+        self._evaluating(step, 0, len(examples))
         with torch.inference_mode(), lora.active_copies(self.adapter, 1):
             for k, b in enumerate(mine):
                 batch = self.objective.encode(examples[starts[b]:starts[b] + EVAL_BATCH_ROWS]).to(self.device)
                 scored[0, k], scored[1, k] = self.objective.score(self.model, batch)
+                self._evaluating(step, round(len(examples) * sum(my_rows[:k + 1]) / sum(my_rows)),
+                                 len(examples))
         losses, hits = self.world.gather(scored, len(starts)).tolist()
         total_loss, correct = 0.0, 0
         for loss, hit in zip(losses, hits, strict=True):
@@ -417,13 +428,23 @@ class Trainer:
             self.evals_since_best += 1
         return result
 
+    def _evaluating(self, step: int, rows_done: int, rows: int) -> None:
+        self._status("evaluating", f"evaluating at step {step}: {rows_done}/{rows} rows",
+                    step=step, rows_done=rows_done, rows=rows)
+
+    def _status(self, state: str, message: str, **progress: Any) -> None:
+        """A status event; every one names the device the run computes on (the window shows it
+        while the run goes)."""
+        self.bus.emit("status", state=state, message=message, device=self.device_name,
+                      threads=torch.get_num_threads(), **progress)
+
     def _check_memory(self, step: int, rss: int, over_budget: bool) -> None:
         """Report this worker's memory; `over_budget` (agreed by all workers) ends the run."""
         self.bus.emit("memory", step=step, rss_bytes=rss, peak_rss_bytes=memory.peak_rss_bytes(),
                       device_allocated_bytes=devices.allocated_bytes(self.device),
                       budget_bytes=self.budget_bytes)
         if over_budget:
-            self.save_checkpoint(step)
+            self.save_checkpoint(step, "memory")
             raise MemoryBudgetExceeded(
                 f"memory use ({rss / 2**30:.2f} GiB) crossed memory_budget_gb "
                 f"({self.config.memory_budget_gb} GiB) at step {step}; a checkpoint was written. "
@@ -432,9 +453,11 @@ class Trainer:
             )
 
     # ---- outputs -----------------------------------------------------------------------
-    def save_checkpoint(self, step: int) -> Path | None:
-        """Worker 0 writes it (None elsewhere), once every worker's θ is shown to be the same."""
-        self.bus.emit("status", state="checkpointing", message=f"writing checkpoint at step {step}")
+    def save_checkpoint(self, step: int, reason: str) -> Path | None:
+        """Worker 0 writes it (None elsewhere), once every worker's θ is shown to be the same.
+        `reason` is why: "interval" | "stop" | "memory" | "end" (the run's end; the runs list
+        tells a finished run from a stopped one, which leaves an adapter too, by it)."""
+        self._status("checkpointing", f"writing checkpoint at step {step}")
         theta_checksum = self.world.checksum(self.optimizer.state_dict(), step)
         if not self.world.primary:
             self.bus.log(f"checkpoint at step {step}: θ checksum {theta_checksum} (worker 0 writes it)")
@@ -452,10 +475,10 @@ class Trainer:
                 "trainer/best_loss": torch.tensor(self.best["loss"], dtype=torch.float64),
                 "trainer/evals_since_best": torch.tensor(self.evals_since_best),
             })
-        path = checkpoint.save(self.output_dir / "checkpoints", step, state, self.fingerprint,
+        path = checkpoint.save(self.output_dir / CHECKPOINTS, step, state, self.fingerprint,
                                self.config.keep_checkpoints)
-        self.bus.emit("checkpoint", step=step, path=str(path), theta_checksum=theta_checksum,
-                      workers=self.world.size)
+        self.bus.emit("checkpoint", step=step, path=str(path), reason=reason,
+                      theta_checksum=theta_checksum, workers=self.world.size)
         return path
 
     def save_adapter(self, step: int) -> tuple[Path, int]:

@@ -28,6 +28,8 @@ from PySide6.QtWidgets import (  # noqa: E402
     QMessageBox,
 )
 
+from app.status_line import StatusMessage  # noqa: E402
+
 SMALL_SCREEN_WIDTH = 1366  # the narrowest laptop screen the window must fit
 LONG_SENTENCE = "the engine says something long about what went wrong and what to do " * 20
 LONG_PATH = "/home/someone/models" + "/a-folder-with-a-long-name" * 40
@@ -97,7 +99,7 @@ def test_long_texts_never_widen_the_window(make_window, tmp_path):
         if not isinstance(edit.parent(), (QAbstractSpinBox, QComboBox)):
             edit.setText(LONG_PATH)
     for text in (LONG_SENTENCE, LONG_PATH):
-        window.controls.show_error(text)
+        window.status.show("input", StatusMessage(text, error=True))
         for label in window.findChildren(QLabel):
             label.setText(text)
         for index in range(window.tabs.count()):
