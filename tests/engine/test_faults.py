@@ -403,14 +403,15 @@ def test_non_finite_loss_is_reported_and_the_last_good_checkpoint_kept(tmp_path,
     save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
 
     rows = [json.loads(line) for line in classification_data.read_text().splitlines()]
-    train, held_out = rows[:40], rows[40:60]
+    train_rows, held_out = rows[:40], rows[40:60]
     # The seeded epoch order puts this row in the batch of step 4 (rows 6-7 of the order).
-    order = list(range(len(train)))
+    order = list(range(len(train_rows)))
     random.Random("0:epoch:0").shuffle(order)
     bad_row = order[6]
-    train[bad_row] = {"text": "\u03a9 " + train[bad_row]["text"], "label": train[bad_row]["label"]}
+    train_rows[bad_row] = {"text": "\u03a9 " + train_rows[bad_row]["text"],
+                           "label": train_rows[bad_row]["label"]}
     data, eval_data = tmp_path / "train.jsonl", tmp_path / "held-out.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in train))
+    data.write_text("".join(json.dumps(r) + "\n" for r in train_rows))
     eval_data.write_text("".join(json.dumps(r) + "\n" for r in held_out))
 
     def config(*extra):
@@ -429,8 +430,8 @@ def test_non_finite_loss_is_reported_and_the_last_good_checkpoint_kept(tmp_path,
     good = checkpoint.load_latest(run / "checkpoints")
     assert good.step == 3 and all(torch.isfinite(t).all() for t in good.state.values())
 
-    train[bad_row]["text"] = train[bad_row]["text"].removeprefix("\u03a9 ")
-    data.write_text("".join(json.dumps(r) + "\n" for r in train))
+    train_rows[bad_row]["text"] = train_rows[bad_row]["text"].removeprefix("\u03a9 ")
+    data.write_text("".join(json.dumps(r) + "\n" for r in train_rows))
     result, recorder, _ = train(config("optimizer.lr=0.02"), resume=True)
     assert result.status == "completed"
     assert [s for s, _ in _losses(run)] == list(range(1, 9))
