@@ -2,18 +2,21 @@
 
 The buttons come from engine.api.formats.FORMATS (a torch-free table), so a format the engine gains
 shows up here without an app change. Each export runs `python -m engine export RUN --format F
---protocol` in its own process (app.process.EngineProcess): its status and progress events are
-the progress bar and the lines below it, its artifact event the exported path; no text is
-parsed. Stop sends `stop`, on which the engine removes the file it was writing.
+--protocol` in its own process (app.process.EngineProcess): its status, progress and log events
+are the progress bar and the lines below it, its artifact event the exported path; no text is
+parsed, and the engine's stderr (library chatter) is shown only as its last lines after a
+failure. The newest export of the run is described with its verification verdict, and can be
+opened in the file manager or, for GGUF, loaded into Ollama with the copied command. Stop sends
+`stop`, on which the engine removes the file it was writing.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -26,6 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.exports import describe, modelfile, newest_export, ollama_command
 from app.json_tool import JsonTool
 from app.process import EngineProcess, ProcessEnd, engine_command
 from engine.api.formats import FORMATS
@@ -35,6 +39,14 @@ EXECUTORCH_TARGETS = [
     ("Android, XNNPACK fp32 (exact)", "none"),
     ("Android, XNNPACK 8da4w (int8 activations, int4 weights: smaller, approximate)", "8da4w"),
 ]
+# (label, --outtype value) for the merged GGUF model: what llama.cpp apps (PocketPal, Ollama, LM
+# Studio) are usually given.
+MERGED_OUTTYPES = [
+    ("Q4_K_M (4-bit, about a quarter of F16: what phones run)", "q4_k_m"),
+    ("Q8_0 (8-bit, about half of F16, close to exact)", "q8_0"),
+    ("F16 (16-bit, exact)", "f16"),
+]
+STDERR_TAIL_LINES = 20  # of the engine's stderr, shown after a failure
 STOPPED_EXIT_CODE = 130  # the engine's exit code after a stop, SIGTERM or Ctrl+C
 TERMINATE_AFTER_MS = 3000  # after `stop`: time to remove the file being written
 KILL_AFTER_MS = 3000  # after terminate
@@ -73,8 +85,19 @@ class ExportPanel(QWidget):
         for label, quantize in EXECUTORCH_TARGETS:
             self.target.addItem(label, quantize)
         self.target.setToolTip("what the ExecuTorch export writes (Export executorch)")
-        self.result_label = QLabel("", wordWrap=True)
+        self.outtype = QComboBox()
+        for label, outtype in MERGED_OUTTYPES:
+            self.outtype.addItem(label, outtype)
+        self.outtype.setToolTip("the weights of the merged model (Export merged-gguf)")
+        self.result_label = QLabel("", wordWrap=True)  # the newest export and its verification
         self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.open_folder_button = QPushButton("Open folder", enabled=False)
+        self.open_folder_button.setToolTip("show the newest export in the file manager")
+        self.open_folder_button.clicked.connect(self.open_folder)
+        self.ollama_button = QPushButton("Copy the ollama create command", enabled=False)
+        self.ollama_button.setToolTip("`ollama create NAME -f X.Modelfile` for the newest GGUF "
+                                      "export, to paste in a terminal")
+        self.ollama_button.clicked.connect(self.copy_ollama_command)
         self.devices = QComboBox()
         self.devices.addItem("press Refresh to look for a phone", None)
         self.devices.currentIndexChanged.connect(self._update_push)
@@ -86,16 +109,24 @@ class ExportPanel(QWidget):
         self.device_tool = JsonTool("push", self)
         self.device_tool.sig_answered.connect(self.show_devices)
         self.export_folder: Path | None = None  # the latest ExecuTorch export of this run
+        self.latest_export: Path | None = None  # the newest export of this run, any format
         self._process = EngineProcess(self, terminate_after_ms=TERMINATE_AFTER_MS,
                                       kill_after_ms=KILL_AFTER_MS)
         self._process.sig_event_received.connect(self._event)
-        self._process.sig_log_received.connect(lambda _level, line: self.output.appendPlainText(line))
+        self._process.sig_log_received.connect(self._log)
         self._process.sig_finished.connect(self._ended)
         self._when_done: Callable[[int, str], None] | None = None  # the work in flight's end
         self._artifact = ""
         executorch_row = QHBoxLayout()
         executorch_row.addWidget(QLabel("ExecuTorch target:"))
         executorch_row.addWidget(self.target, 1)
+        gguf_row = QHBoxLayout()
+        gguf_row.addWidget(QLabel("Merged GGUF weights:"))
+        gguf_row.addWidget(self.outtype, 1)
+        result_row = QHBoxLayout()
+        result_row.addWidget(self.open_folder_button)
+        result_row.addWidget(self.ollama_button)
+        result_row.addStretch(1)
         phone_row = QHBoxLayout()
         phone_row.addWidget(QLabel("Phone:"))
         phone_row.addWidget(self.devices, 1)
@@ -106,8 +137,10 @@ class ExportPanel(QWidget):
         layout.addWidget(self.adapter_label)
         layout.addLayout(row)
         layout.addLayout(executorch_row)
+        layout.addLayout(gguf_row)
         layout.addWidget(self.busy)
         layout.addWidget(self.result_label)
+        layout.addLayout(result_row)
         layout.addLayout(phone_row)
         layout.addWidget(self.output, 1)
 
@@ -122,7 +155,9 @@ class ExportPanel(QWidget):
             self.adapter_label.setText("PEFT adapter: this folder has none yet (the run has not finished)")
         exports = sorted((Path(text.strip()) / "export").glob("executorch*/metadata.json"),
                          key=lambda p: p.stat().st_mtime) if text.strip() else []
-        self._show_executorch(exports[-1].parent if exports else None)
+        self.export_folder = exports[-1].parent if exports else None
+        self._update_push()
+        self._show_export(newest_export(Path(text.strip())) if text.strip() else None)
 
     def is_running(self) -> bool:
         return self._process.is_running()
@@ -134,6 +169,8 @@ class ExportPanel(QWidget):
         args = ["export", run_dir, "--format", fmt]
         if fmt == "executorch":
             args += ["--quantize", self.target.currentData()]
+        elif fmt == "merged-gguf":
+            args += ["--outtype", self.outtype.currentData()]
         self._start(args, lambda code, path: self._export_finished(fmt, code, path))
 
     def push(self) -> None:
@@ -170,9 +207,16 @@ class ExportPanel(QWidget):
         elif event.type == "artifact":
             self._artifact = str(data.get("path", ""))
 
+    def _log(self, level: str, line: str) -> None:
+        if level != "stderr":  # ours (a malformed line, a stop that escalates); stderr is chatter
+            self.output.appendPlainText(line)
+
     def _ended(self, end: ProcessEnd) -> None:
         if end.status == "crashed":  # no error event said why
             self.output.appendPlainText(end.message)
+        tail = list(self._process.stderr_tail)[-STDERR_TAIL_LINES:]
+        if end.exit_code not in (0, STOPPED_EXIT_CODE) and tail:
+            self.output.appendPlainText("the engine's last lines on stderr:\n" + "\n".join(tail))
         self.busy.hide()
         self._enable_buttons()
         finished, self._when_done = self._when_done, None
@@ -181,12 +225,14 @@ class ExportPanel(QWidget):
     def _export_finished(self, fmt: str, code: int, path: str) -> None:
         if path:
             self.output.appendPlainText(f"— exported {fmt}: {path}")
+            self._show_export(Path(path))
         elif code == STOPPED_EXIT_CODE:
             self.output.appendPlainText(f"— export {fmt} stopped")
         else:
             self.output.appendPlainText(f"— export {fmt} failed (exit code {code}); see the lines above")
         if fmt == "executorch" and path:
-            self._show_executorch(Path(path))
+            self.export_folder = Path(path)
+            self._update_push()
             self.refresh_devices()  # an export just made: the phone is the likely next step
         self.sig_export_finished.emit(fmt, code, path)
 
@@ -199,28 +245,26 @@ class ExportPanel(QWidget):
             self.output.appendPlainText(f"— push failed (exit code {code}); see the lines above")
         self.sig_push_finished.emit(code, where)
 
-    def _show_executorch(self, folder: Path | None) -> None:
-        """The export's verification numbers from its metadata.json."""
-        self.export_folder = None
-        self.result_label.setText("")
-        if folder is not None:
-            try:
-                metadata = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
-                report = metadata["verification"]
-                # The adapter layout: a small per-run program plus the base's shared weights.
-                sizes = f"model.pte {metadata['program_bytes'] / 2**20:.1f} MiB" + (
-                    f" + foundation.ptd {metadata['data_bytes'] / 2**20:.1f} MiB (the base, "
-                    "shared by this base's exports)" if metadata.get("data_bytes") else "")
-                self.result_label.setText(
-                    f"ExecuTorch export ({metadata['export']['quantize']}, {sizes}): {folder}\n"
-                    f"checked in the ExecuTorch runtime against PyTorch with the adapter on "
-                    f"{report['prompts']} held-out prompts ({report['positions']} positions): "
-                    f"max |Δlogit| {report['max_abs_diff']:.3g}, top-1 agreement "
-                    f"{report['top1_agreement']:.1%}")
-                self.export_folder = folder
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                self.result_label.setText(f"{folder}: cannot read metadata.json ({exc})")
-        self._update_push()
+    def _show_export(self, export: Path | None) -> None:
+        """The newest export: what it is and its verification verdict, and its buttons."""
+        self.latest_export = export if export is not None and export.exists() else None
+        self.result_label.setText(describe(export) if export is not None else "")
+        self.open_folder_button.setEnabled(self.latest_export is not None)
+        self.ollama_button.setEnabled(export is not None and modelfile(export) is not None)
+
+    def open_folder(self) -> None:
+        """The newest export's folder in the file manager."""
+        if self.latest_export is not None:
+            folder = self.latest_export if self.latest_export.is_dir() else self.latest_export.parent
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+
+    def copy_ollama_command(self) -> None:
+        """`ollama create …` for the newest GGUF export, on the clipboard."""
+        path = modelfile(self.latest_export) if self.latest_export is not None else None
+        if path is not None:
+            command = ollama_command(path)
+            QGuiApplication.clipboard().setText(command)
+            self.output.appendPlainText(f"— copied: {command}")
 
     def refresh_devices(self) -> None:
         self.refresh_button.setEnabled(False)

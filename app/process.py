@@ -108,12 +108,19 @@ class EngineProcess(QObject):
         self._arm_watchdog()
         process.start(command[0], command[1:])
 
+    def send(self, line: str) -> None:
+        """One line to the engine's stdin: a command or a request (chat's JSON requests)."""
+        if self._process is not None:
+            self._process.write(f"{line}\n".encode())
+
     def stop(self) -> None:
-        """Ask for a clean stop (`stop` on stdin); terminate, then kill, if it does not end."""
+        """Ask for a clean stop (`stop` on stdin, then EOF: a session such as chat ends after its
+        answer); terminate, then kill, if it does not end."""
         process = self._process
         if process is None or process.state() == QProcess.ProcessState.NotRunning:
             return
         process.write(f"{STOP_COMMAND}\n".encode())
+        process.closeWriteChannel()
         # Bound to the process: the timer goes with it, and a late one finds it ended.
         QTimer.singleShot(self.terminate_after_ms, process,
                           lambda: self._escalate(process, kill=False))

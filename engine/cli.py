@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Tracebacks go to the run's log file only; never to the user's terminal.
     logging.getLogger().addHandler(logging.NullHandler())
-    _quiet_libraries()
+    _quiet_libraries(protocol=PROTOCOL_FLAG in argv)
     if argv and argv[0] in TOOLS:
         return run_tool(argv[0], argv[1:])
     args = _parser().parse_args(argv)
@@ -84,13 +85,21 @@ def main(argv: list[str] | None = None) -> int:
     return train_command(args, argv)
 
 
-def _quiet_libraries() -> None:
-    """Keep library chatter (optional-kernel probes, progress bars) off the user's terminal."""
+def _quiet_libraries(protocol: bool) -> None:
+    """Keep library chatter (optional-kernel probes, progress bars) off the user's terminal.
+
+    With --protocol the libraries' deprecation notices go too: they are for EdgeTune's developers
+    (torch.export repeats some for every traced call), and the stderr tail a client shows after a
+    failure should hold the failure.
+    """
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for name in ("torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    if protocol:
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
 
 
 def run_tool(name: str, argv: list[str]) -> int:

@@ -5,14 +5,15 @@ A command runs as this process's one session (`run`). At a terminal it prints fo
 (anything else that writes to file descriptor 1 goes to stderr), `hello` comes first, a `stop`
 line on stdin (or SIGTERM) asks it to stop, an exception becomes one `error` event, and `done`
 always comes last. Engine code reports its work through `emit` (and `Stages`), which serves both.
+A command that serves requests (chat) reads the other stdin lines through `requests`.
 """
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
@@ -26,12 +27,21 @@ from typing import Any
 
 from engine import __version__
 from engine.api.errors import UserError
-from engine.api.protocol import PROTOCOL_VERSION, STOP_COMMAND, EventWriter
+from engine.api.protocol import PROTOCOL_VERSION, QUIT_COMMAND, STOP_COMMAND, EventWriter
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_STOPPED = 0, 1, 2, 130
 ANSWERS = ("result", "artifact")  # at a terminal, their line is the command's answer: stdout
 
 log = logging.getLogger("engine")
+REQUEST_POLL_SECONDS = 0.1  # how soon a stop of the whole command (SIGTERM) ends a wait for requests
+
+
+@dataclass
+class Request:
+    """One request line from stdin, and the stop of its answer: a `stop` line read after it."""
+
+    text: str
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -45,6 +55,8 @@ class Session:
     log_path: Path | None = None  # where an internal error's traceback went (the run's log)
     status: str = "completed"  # done's status when the command returns 0 ("stopped" too)
     done: dict[str, Any] = field(default_factory=dict)  # done's other fields (output_dir, …)
+    # The stdin lines that are no command, in order; None once they end (EOF or `quit`).
+    requests: queue.Queue[Request | None] = field(default_factory=queue.Queue)
 
 
 _current = Session()
@@ -61,6 +73,19 @@ def emit(type: str, line: str | None = None, /, **data: Any) -> None:
         _current.writer.emit(type, **data)
     elif line is not None:
         print(line, file=sys.stdout if type in ANSWERS else sys.stderr, flush=True)
+
+
+def requests() -> Iterator[Request]:
+    """The requests on stdin (protocol mode), each as it arrives; the iteration ends at EOF, at
+    `quit`, or when the command is stopped (SIGTERM)."""
+    while not _current.stop.is_set():
+        try:
+            request = _current.requests.get(timeout=REQUEST_POLL_SECONDS)
+        except queue.Empty:
+            continue
+        if request is None:
+            return
+        yield request
 
 
 def say(message: str, level: str = "info") -> None:
@@ -165,18 +190,35 @@ def _reserve_stdout():
 
 
 def _listen_for_stop(polls_stop: bool) -> None:
+    latest: Request | None = None  # the newest request read: a `stop` after it ends its answer
+
     def request_stop() -> None:
         _current.stop.set()
+        if latest is not None:
+            latest.stop.set()
         if not polls_stop:
-            _thread.interrupt_main()  # KeyboardInterrupt in the main thread, as Ctrl+C
+            # A real SIGINT to the main thread, as Ctrl+C: it also cuts a blocking call short
+            # (sleep, a read), which _thread.interrupt_main's flag alone waits out.
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     signal.signal(signal.SIGTERM, lambda *_: request_stop())
 
     def read() -> None:
+        nonlocal latest
         for line in sys.stdin:
-            if line.strip() == STOP_COMMAND:
+            text = line.strip()
+            if text == STOP_COMMAND and latest is not None:
+                latest.stop.set()  # a command serving requests: that answer, not the command
+            elif text == STOP_COMMAND:
                 request_stop()
-                return
+                if not polls_stop:
+                    return
+            elif text == QUIT_COMMAND:
+                break
+            elif text:
+                latest = Request(text)
+                _current.requests.put(latest)
+        _current.requests.put(None)
 
     # No stdin (a windowed bundle) or a terminal's (reading it would stop a background job).
     if sys.stdin is not None and not sys.stdin.closed and not sys.stdin.isatty():

@@ -45,16 +45,41 @@ Event payloads (fields may be added):
   field lists problems, exit code 2 when not empty), push --list ({"devices": […]})
 - error: kind ("user" | "internal"), message, log_path (null when no log file was open)
 - done: status ("completed" | "stopped" | "failed"), exit_code; training adds output_dir, chat
-  tokens and seconds
+  tokens and seconds (of all its answers)
 
-Chat (`python -m engine chat --prompt P --protocol`, see engine/chat.py) adds:
+Chat (`python -m engine chat [MODEL] --adapter RUN --protocol`, see engine/chat.py) is a
+session: it loads the model once (status "loading"), then answers one request at a time, each
+with status "generating", label_probs (classification runs), tokens and its `answer` event; it
+ends with done at EOF on stdin or `quit`. With --prompt P it answers that one request and ends.
+A request is one JSON object on one line of stdin; only messages is required, the others
+default to the command line's flags::
+
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                  {"role": "user", "content": "And now?"}],
+     "system": "You are terse.", "template": "chat", "temperature": 0.7, "top_p": 0.9,
+     "max_tokens": 256, "seed": 0}
+
+- messages: the conversation so far, oldest first, ending with the user's turn (roles "user" |
+  "assistant"); the client keeps it and sends it whole each turn
+- system: a system message put before them (null or "": none)
+- template: "chat" (the model's chat template) | "raw" (the plain text, user turns through the
+  run's prompt_template: what a classification run was trained on)
+
+Its events:
 - token: text (a streamed piece of the answer)
-- label_probs: words, probabilities (of each label word at the answer position)
+- label_probs: words, probabilities (of each label word at the answer position of the last
+  user turn)
+- answer: the end of one answer: status ("completed" | "stopped" | "failed": a request the
+  engine refused, the session goes on), tokens, seconds, template, messages (how many the
+  model saw, the system message included), message (why it failed; "" otherwise)
 
-Client → engine (the engine's stdin): one command per line; today only ``stop``. Training
-finishes the current step, writes a checkpoint and ends with done/stopped; chat ends after the
-current token; the other commands are interrupted as by Ctrl+C (no partial file is left) and end
-with done/stopped, exit code 130. A client that gets no ``done`` in time terminates, then kills.
+Client → engine (the engine's stdin): one command per line: ``stop``, ``quit``, or a request.
+``stop``: training finishes the current step, writes a checkpoint and ends with done/stopped; a
+chat session ends its answer to the latest request it read (after the current token, or before
+the first if that answer has not begun) and goes on (with --prompt it ends with done/stopped);
+the other commands are interrupted as by Ctrl+C (no partial file is left) and end with
+done/stopped, exit code 130. ``quit`` (or EOF): a session ends after its last answer. A client
+that gets no ``done`` in time terminates, then kills.
 """
 
 from __future__ import annotations
@@ -83,9 +108,11 @@ EVENT_TYPES = (
     "result",
     "token",
     "label_probs",
+    "answer",
 )
 
 STOP_COMMAND = "stop"
+QUIT_COMMAND = "quit"
 
 
 class ProtocolError(ValueError):
@@ -119,14 +146,20 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def decode(line: str) -> Event:
-    """Parse one line into an Event; raises ProtocolError naming what is wrong."""
+def json_object(line: str) -> dict[str, Any]:
+    """The JSON object on one line (an event, a request); ProtocolError says what is wrong."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"not JSON: {exc.msg} at column {exc.colno}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("not a JSON object")
+    return obj
+
+
+def decode(line: str) -> Event:
+    """Parse one line into an Event; raises ProtocolError naming what is wrong."""
+    obj = json_object(line)
     for key, kind in (("v", int), ("seq", int), ("type", str), ("data", dict)):
         if not isinstance(obj.get(key), kind):
             raise ProtocolError(f'field "{key}" missing or not {kind.__name__}')

@@ -1,4 +1,4 @@
-"""What every chat backend is: generation settings and the two calls the chat command makes."""
+"""What every chat backend is: generation settings and the calls the chat command makes."""
 
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ class Settings:
 
 
 class Backend(Protocol):
-    def stream(self, messages: list[dict], settings: Settings) -> Iterator[str]: ...
+    def stream(self, messages: list[dict], settings: Settings) -> Iterator[str]:
+        """The answer to `messages` through the model's chat template, piece by piece."""
+        ...
+
+    def complete(self, text: str, settings: Settings) -> Iterator[str]:
+        """What the model writes after the plain `text` (no template), piece by piece."""
+        ...
 
     def label_probs(self, prompt: str, words: list[str]) -> list[float]: ...

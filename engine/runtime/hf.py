@@ -29,6 +29,14 @@ class TransformersBackend:
         self.stop_ids = stop_token_ids(self.tokenizer)
 
     def stream(self, messages: list[dict], settings: Settings) -> Iterator[str]:
+        if self.tokenizer.chat_template:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                      tokenize=False)
+        else:
+            text = "\n".join(m["content"] for m in messages)
+        return self.complete(text, settings)
+
+    def complete(self, text: str, settings: Settings) -> Iterator[str]:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -36,11 +44,6 @@ class TransformersBackend:
             def __call__(self, input_ids, scores, **kwargs) -> bool:
                 return settings.stop.is_set()
 
-        if self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                      tokenize=False)
-        else:
-            text = "\n".join(m["content"] for m in messages)
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         torch.manual_seed(settings.seed)

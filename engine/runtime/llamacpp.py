@@ -30,6 +30,17 @@ class LlamaCppBackend:
             if settings.stop.is_set():
                 return
 
+    def complete(self, text: str, settings: Settings) -> Iterator[str]:
+        chunks = self.llm.create_completion(
+            prompt=text, stream=True, temperature=settings.temperature, top_p=settings.top_p,
+            max_tokens=settings.max_tokens, stop=self.stop_words, seed=settings.seed)
+        for chunk in chunks:
+            piece = chunk["choices"][0]["text"]
+            if piece:
+                yield piece
+            if settings.stop.is_set():
+                return
+
     def label_probs(self, prompt: str, words: list[str]) -> list[float]:
         ids = self.llm.tokenize(prompt.encode(), add_bos=False, special=False)
         label_ids = [self.llm.tokenize(w.encode(), add_bos=False, special=False)[0] for w in words]

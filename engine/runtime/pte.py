@@ -173,6 +173,9 @@ class PteBackend:
                                                       tokenize=False, chat_template=template)
         else:
             text = "\n".join(m["content"] for m in messages)
+        return self.text_ids(text)
+
+    def text_ids(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) >= self.max_seq_len:
             raise UserError(f"the prompt is {len(ids)} tokens; this export holds at most "
@@ -205,9 +208,15 @@ class PteBackend:
             position += 1
 
     def stream(self, messages: list[dict], settings) -> Iterator[str]:
+        return self._decoded(self.prompt_ids(messages), settings)
+
+    def complete(self, text: str, settings) -> Iterator[str]:
+        return self._decoded(self.text_ids(text), settings)
+
+    def _decoded(self, ids: list[int], settings) -> Iterator[str]:
         answer: list[int] = []
         shown = ""
-        for token in self.generate_ids(self.prompt_ids(messages), settings):
+        for token in self.generate_ids(ids, settings):
             answer.append(token)
             text = self.tokenizer.decode(answer, skip_special_tokens=True)
             # A multi-byte character split across tokens decodes to U+FFFD until complete.

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import fake_engine, needs_adb, train_tiny_run
+from lora_runs import make_random_adapter, make_run
 
 pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QProcess  # noqa: E402
+from PySide6.QtGui import QDesktopServices, QGuiApplication  # noqa: E402
 
 from app import export_panel  # noqa: E402
-from app.export_panel import KILL_AFTER_MS, ExportPanel  # noqa: E402
+from app.export_panel import KILL_AFTER_MS, MERGED_OUTTYPES, ExportPanel  # noqa: E402
 from engine.api.formats import FORMATS  # noqa: E402
+from engine.export.gguf_writer import OUTTYPES  # noqa: E402
 
 
 @pytest.fixture
@@ -51,11 +53,13 @@ def test_an_engine_that_cannot_start_ends_the_export(panel, qtbot, tmp_path, mon
 def test_closing_never_waits_for_an_export_that_ignores_sigterm(panel, qtbot, tmp_path,
                                                                monkeypatch):
     """kill() sends SIGTERM and returns; the engine is killed KILL_AFTER_MS later if still there."""
-    stubborn = tmp_path / "stubborn.py"
-    stubborn.write_text("import signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                        "print('ready', file=sys.stderr, flush=True)\ntime.sleep(120)\n")
-    monkeypatch.setattr(export_panel, "engine_command",
-                        lambda *args: [sys.executable, str(stubborn), *args])
+    stubborn = fake_engine(tmp_path, "stubborn", """
+        import signal
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        event(1, "log", level="info", message="ready")
+        time.sleep(120)
+    """)
+    monkeypatch.setattr(export_panel, "engine_command", lambda *args: [*stubborn, *args])
     panel.set_run(tmp_path)
     with qtbot.waitSignal(panel.sig_export_finished, timeout=KILL_AFTER_MS + 30_000) as finished:
         panel.buttons["gguf"].click()
@@ -197,3 +201,94 @@ def test_executorch_export_shows_stages_and_verification(panel, qtbot, tiny_mode
     with qtbot.waitSignal(panel.device_tool.sig_answered, timeout=60_000):
         pass  # the device list refreshes after an export; no phone here
     assert not panel.push_button.isEnabled()
+
+
+def test_the_merged_model_weights_are_chosen_in_the_panel(panel, qtbot, tmp_path, monkeypatch):
+    """Q4_K_M (what phone apps run) unless another is picked; each is the engine's --outtype."""
+    assert [data for _, data in MERGED_OUTTYPES] == ["q4_k_m", "q8_0", "f16"]
+    assert set(data for _, data in MERGED_OUTTYPES) <= set(OUTTYPES)
+    command = fake_engine(tmp_path, "export", """
+        event(1, "log", level="info", message="argv: " + " ".join(sys.argv[1:]))
+        event(2, "done", status="completed", exit_code=0)
+    """)
+    monkeypatch.setattr(export_panel, "engine_command", lambda *args: [*command, *args])
+    panel.set_run(tmp_path)
+    for index, outtype in ((0, "q4_k_m"), (1, "q8_0")):
+        panel.outtype.setCurrentIndex(index)
+        with qtbot.waitSignal(panel.sig_export_finished, timeout=30_000):
+            panel.buttons["merged-gguf"].click()
+        assert f"argv: export {tmp_path} --format merged-gguf --outtype {outtype} --protocol" in \
+            panel.output.toPlainText()
+    with qtbot.waitSignal(panel.sig_export_finished, timeout=30_000):
+        panel.buttons["gguf"].click()  # the adapter has no weights of its own to choose
+    assert panel.output.toPlainText().splitlines()[-2].endswith("--format gguf --protocol")
+
+
+def test_stderr_is_shown_only_as_a_failures_tail(panel, qtbot, tmp_path, monkeypatch):
+    """Library chatter on stderr never floods the output; after a failure its last lines do
+    say what happened."""
+    script = """
+        for n in range(40):
+            print(f"lib.py:{n}: FutureWarning: deprecated", file=sys.stderr, flush=True)
+        print("Error in cpuinfo: failed to parse", file=sys.stderr, flush=True)
+        event(1, "status", state="merge", message="merging")
+    """
+    ok = fake_engine(tmp_path, "ok", script + """
+        event(2, "artifact", kind="gguf", path="/exported/merged.gguf")
+        event(3, "done", status="completed", exit_code=0)
+    """)
+    crash = fake_engine(tmp_path, "crash", script + """
+        print("the last words", file=sys.stderr, flush=True)
+        sys.exit(1)
+    """)
+    panel.set_run(tmp_path)
+    monkeypatch.setattr(export_panel, "engine_command", lambda *args: [*ok, *args])
+    with qtbot.waitSignal(panel.sig_export_finished, timeout=30_000) as finished:
+        panel.buttons["merged-gguf"].click()
+    text = panel.output.toPlainText()
+    assert finished.args[1] == 0 and "merge: merging" in text
+    assert "FutureWarning" not in text and "cpuinfo" not in text
+    panel.output.clear()
+    monkeypatch.setattr(export_panel, "engine_command", lambda *args: [*crash, *args])
+    with qtbot.waitSignal(panel.sig_export_finished, timeout=30_000) as finished:
+        panel.buttons["merged-gguf"].click()
+    text = panel.output.toPlainText()
+    assert finished.args[1] == 1 and "merge: merging" in text
+    tail = text[text.index("the engine's last lines on stderr"):]
+    assert "the last words" in tail and "cpuinfo" in tail
+    assert tail.count("FutureWarning") == export_panel.STDERR_TAIL_LINES - 2
+
+
+def test_a_merged_gguf_export_shows_its_verification_and_loads_into_ollama(
+        panel, qtbot, tiny_model, tmp_path, monkeypatch):
+    run = make_run(tmp_path / "my run", tiny_model,
+                   make_random_adapter(tiny_model, tmp_path / "adapter", b_std=0.3))
+    panel.set_run(run)
+    assert not panel.open_folder_button.isEnabled() and not panel.ollama_button.isEnabled()
+    opened = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url) or True)
+    with qtbot.waitSignal(panel.sig_export_finished, timeout=300_000) as finished:
+        panel.buttons["merged-gguf"].click()  # Q4_K_M, the default
+    fmt, code, path = finished.args
+    assert (fmt, code) == ("merged-gguf", 0), panel.output.toPlainText()[-3000:]
+    assert Path(path) == run / "export" / "merged-q4_k_m.gguf"
+    verdict = panel.result_label.text()
+    assert path in verdict and "verified in llama.cpp" in verdict
+    report = json.loads((run / "export" / "merged-q4_k_m.verification.json").read_text())
+    assert f"top-1 {report['top1_agreement']:.1%}" in verdict
+    assert f"LoRA-change correlation {report['delta_correlation']:.5f}" in verdict
+    assert f"q4_k_m vs f16: top-1 {report['quantised']['top1_agreement_with_f16']:.1%}" in verdict
+    assert "FutureWarning" not in panel.output.toPlainText()
+
+    panel.open_folder_button.click()
+    assert [url.toLocalFile() for url in opened] == [str(run / "export")]
+    panel.ollama_button.click()
+    modelfile = run / "export" / "merged-q4_k_m.Modelfile"
+    assert QGuiApplication.clipboard().text() == \
+        f"ollama create my-run-merged-q4_k_m -f '{modelfile}'"
+    assert modelfile.read_text().startswith("FROM ./merged-q4_k_m.gguf")
+
+    panel.set_run(tmp_path)  # no run: nothing to open
+    assert not panel.open_folder_button.isEnabled() and not panel.ollama_button.isEnabled()
+    panel.set_run(run)  # the newest export is found again on disk
+    assert panel.result_label.text() == verdict and panel.ollama_button.isEnabled()

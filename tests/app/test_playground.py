@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 from lora_runs import make_random_adapter, make_run
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QProcess, Qt
 
+from app.process import EngineProcess
 from app.widgets.playground import PlaygroundWidget
 from engine.export import gguf as gguf_export
 
@@ -33,12 +35,19 @@ def folder_run(tiny_model, gguf_run):
     return make_run(gguf_run.parent / "folder-run", tiny_model, gguf_run / "adapter")
 
 
+def _running(widget) -> list[QProcess]:
+    return [p for p in widget.findChildren(QProcess) if p.state() != QProcess.ProcessState.NotRunning]
+
+
 @pytest.fixture
 def playground(qtbot):
-    widget = PlaygroundWidget()
-    qtbot.addWidget(widget)
+    widget = PlaygroundWidget()  # not qtbot's: it would close the widget before its sessions end
     yield widget
-    assert not widget.is_generating(), "an engine process was left running"
+    generating = widget.is_generating()
+    widget.stop()  # the chat sessions outlive their answers: end them as the window does
+    qtbot.waitUntil(lambda: not _running(widget), timeout=15_000)
+    widget.deleteLater()
+    assert not generating, "an engine process was left running"
 
 
 def test_base_and_fine_tuned_answers_stream_side_by_side(playground, gguf_run, qtbot):
@@ -47,7 +56,7 @@ def test_base_and_fine_tuned_answers_stream_side_by_side(playground, gguf_run, q
     playground.temperature.setValue(0.0)
     playground.max_tokens.setValue(24)
     tokens = []
-    playground._sides[1][1].sig_token_received.connect(tokens.append)
+    playground._sides[1].process.sig_token_received.connect(tokens.append)
     with qtbot.waitSignal(playground.sig_generation_finished, timeout=120_000):
         qtbot.mouseClick(playground.send_button, Qt.MouseButton.LeftButton)
         assert not playground.send_button.isEnabled() and playground.stop_button.isEnabled()
@@ -68,7 +77,7 @@ def test_stop_ends_both_processes(playground, folder_run, qtbot):
     playground.prompt.setPlainText("Tell me a long story")
     playground.temperature.setValue(0.0)
     playground.max_tokens.setValue(1500)
-    with qtbot.waitSignal(playground._sides[1][1].sig_token_received, timeout=120_000):
+    with qtbot.waitSignal(playground._sides[1].process.sig_token_received, timeout=120_000):
         playground.send()
     with qtbot.waitSignal(playground.sig_generation_finished, timeout=30_000):
         playground.stop()
@@ -84,6 +93,77 @@ def test_broken_run_is_reported_not_hung(playground, tmp_path, qtbot):
         playground.send()
     assert playground.tuned.status.text().startswith("failed: ")
     assert "no such run folder" in playground.tuned.status.text()
+
+
+def _send(playground, qtbot, question: str) -> list[dict]:
+    """Send `question`; each side's `answer` event once both have answered."""
+    answers: list[dict] = [{}, {}]
+    keep = [lambda answer, index=index: answers.__setitem__(index, answer) for index in (0, 1)]
+    for side, slot in zip(playground._sides, keep, strict=True):
+        side.process.sig_answer_finished.connect(slot)
+    playground.prompt.setPlainText(question)
+    with qtbot.waitSignal(playground.sig_generation_finished, timeout=120_000):
+        qtbot.mouseClick(playground.send_button, Qt.MouseButton.LeftButton)
+    for side, slot in zip(playground._sides, keep, strict=True):
+        side.process.sig_answer_finished.disconnect(slot)
+    return answers
+
+
+def test_a_conversation_keeps_its_chat_sessions(playground, gguf_run, qtbot, monkeypatch):
+    starts = []
+    start = EngineProcess.start
+    monkeypatch.setattr(EngineProcess, "start",
+                        lambda self, command: (starts.append(command), start(self, command)))
+    playground.set_run(gguf_run)
+    assert playground.template.currentData() == "raw"  # a classification run: its raw prompts
+    playground.temperature.setValue(0.0)
+    playground.max_tokens.setValue(8)
+    first = _send(playground, qtbot, "The food was")
+    assert [a["status"] for a in first] == ["completed", "completed"]
+    assert [(a["template"], a["messages"]) for a in first] == [("raw", 1), ("raw", 1)]
+    pids = sorted(p.processId() for p in _running(playground))
+    assert len(starts) == len(pids) == 2  # base and fine-tuned, loaded once
+    assert [len(side.history) for side in playground._sides] == [2, 2]
+    assert playground._sides[1].history[0] == {"role": "user", "content": "The food was"}
+
+    playground.system_prompt.setText("Answer in one word.")
+    playground.template.setCurrentIndex(playground.template.findData("chat"))
+    second = _send(playground, qtbot, "And the service?")
+    # The system prompt, the template and the whole conversation reached the engine.
+    assert [(a["template"], a["messages"]) for a in second] == [("chat", 4), ("chat", 4)]
+    assert len(starts) == 2 and sorted(p.processId() for p in _running(playground)) == pids
+    assert [len(side.history) for side in playground._sides] == [4, 4]
+    assert "You: And the service?" in playground.tuned.answer.toPlainText()
+
+    qtbot.mouseClick(playground.new_chat_button, Qt.MouseButton.LeftButton)
+    assert [side.history for side in playground._sides] == [[], []]
+    assert playground.base.answer.toPlainText() == playground.tuned.answer.toPlainText() == ""
+    third = _send(playground, qtbot, "Hello")
+    assert [a["messages"] for a in third] == [2, 2]  # the system prompt and the new question
+    assert len(starts) == 2
+
+
+def test_the_run_list_offers_runs_with_an_adapter_newest_first(qtbot, tmp_path):
+    root = tmp_path / "runs"
+    runs = {}
+    for age, (name, config, adapter) in enumerate([
+            ("sft", "task: sft\n", True), ("unfinished", "task: sft\n", False),
+            ("classify", "task: classification\nlabel_words: [' no', ' yes']\n", True)]):
+        folder = runs[name] = root / name
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(f"model: m\ndataset: d\n{config}")
+        if adapter:
+            (folder / "adapter").mkdir()
+            (folder / "adapter" / "adapter_config.json").write_text("{}")
+        os.utime(folder / "config.yaml", (1000 + age, 1000 + age))
+    widget = PlaygroundWidget(runs_root=root)
+    qtbot.addWidget(widget)
+    listed = [widget.runs.itemText(i) for i in range(widget.runs.count())]
+    assert listed == [str(runs["classify"]), str(runs["sft"])]
+    widget.runs.setCurrentIndex(0)
+    assert widget.run_dir.text() == str(runs["classify"]) and widget.template.currentData() == "raw"
+    widget.runs.setCurrentIndex(1)
+    assert widget.run_dir.text() == str(runs["sft"]) and widget.template.currentData() == "chat"
 
 
 def test_widget_module_never_imports_torch():

@@ -1,17 +1,21 @@
-"""`python -m engine chat`: llama.cpp and transformers backends, the JSON event stream."""
+"""`python -m engine chat`: llama.cpp and transformers backends, the JSON event stream, the
+chat session (one process, many requests)."""
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, engine_process
 from lora_runs import make_random_adapter, make_run
 
-from engine.api.protocol import decode
+from engine.api.protocol import QUIT_COMMAND, STOP_COMMAND, Event, decode
 from engine.chat import resolve
 from engine.cli import run_tool
 from engine.data.dataset import load_dataset
@@ -123,3 +127,100 @@ def test_bad_input_is_one_clear_line(args, message, capsys):
     assert run_tool("chat", args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+class Session:
+    """A `chat --protocol` session process, its events read as they come."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = engine_process(["chat", *args, "--protocol"])
+        self.events: queue.Queue[Event | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.events.put(decode(line))
+        self.events.put(None)
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def ask(self, messages: list[dict], **fields) -> None:
+        self.send(json.dumps({"messages": messages, "temperature": 0, **fields}))
+
+    def until(self, type: str, timeout: float = 180) -> list[Event]:
+        """The events up to and with the next `type` (or done)."""
+        got = []
+        while True:
+            event = self.events.get(timeout=timeout)
+            assert event is not None, f"the session ended early: {self.proc.stderr.read()[-2000:]}"
+            got.append(event)
+            if event.type in (type, "done"):
+                return got
+
+    def end(self, command: str | None = None) -> tuple[list[Event], str]:
+        """EOF (or `command`) on stdin: the events left, and stderr."""
+        if command is not None:
+            self.send(command)
+        self.proc.stdin.close()
+        rest = self.until("done")
+        self.proc.wait(timeout=60)
+        return rest, self.proc.stderr.read()
+
+
+def _text(events: list[Event]) -> str:
+    return "".join(e.data["text"] for e in events if e.type == "token")
+
+
+def test_a_session_answers_every_request_in_one_process(runs):
+    session = Session("--adapter", str(runs[0]))
+    question = {"role": "user", "content": "The food was"}
+    # Sampled with the request's seed: the same request gets the same answer, and only what
+    # the request carries can change it.
+    sampled = dict(max_tokens=8, temperature=1.0, seed=3)
+    session.ask([question], **sampled)
+    first = session.until("answer")
+    answer = first[-1].data
+    assert first[0].type == "hello" and answer["status"] == "completed", answer
+    assert (answer["template"], answer["messages"]) == ("chat", 1)
+    session.ask([question], **sampled)
+    again = session.until("answer")
+    assert "hello" not in [e.type for e in again]  # the same process: loaded once
+    assert _text(again) == _text(first)  # nothing of the first answer stayed behind
+    history = [question, {"role": "assistant", "content": _text(first)}]
+    session.ask([*history, question], **sampled)
+    followed = session.until("answer")
+    assert followed[-1].data["messages"] == 3
+    assert _text(followed) != _text(first)  # the history reached the model
+    session.ask([question], **sampled, system="Answer in one word.", template="raw")
+    raw = session.until("answer")
+    assert (raw[-1].data["template"], raw[-1].data["messages"]) == ("raw", 2)
+    answers = [first, again, followed, raw]
+    for events in answers:
+        assert "label_probs" in [e.type for e in events]
+        assert [e for e in events if e.type == "token"]
+    rest, err = session.end()  # EOF
+    assert [e.type for e in rest] == ["done"] and session.proc.returncode == 0
+    assert rest[-1].data["status"] == "completed"
+    assert rest[-1].data["tokens"] == sum(e.type == "token" for events in answers for e in events)
+    assert first[0].data["pid"] == session.proc.pid
+    assert "FutureWarning" not in err  # library deprecation notices stay off a protocol run
+
+
+def test_stop_ends_the_answer_not_the_session(runs):
+    # transformers takes long enough over 1500 tokens that the stop lands mid-answer.
+    session = Session("--adapter", str(runs[1]))
+    session.ask([{"role": "user", "content": "Tell me a long story"}], max_tokens=1500)
+    session.until("token")
+    session.send(STOP_COMMAND)
+    stopped = session.until("answer")[-1].data
+    assert stopped["status"] == "stopped" and stopped["tokens"] < 1500
+    session.ask([{"role": "user", "content": "Hi"}], max_tokens=3)
+    assert session.until("answer")[-1].data["status"] == "completed"
+    session.send("not json")  # a refused request fails its answer only
+    refused = session.until("answer")[-1].data
+    assert refused["status"] == "failed" and "not JSON" in refused["message"]
+    rest, _ = session.end(QUIT_COMMAND)
+    assert rest[-1].type == "done" and rest[-1].data["status"] == "completed"
+    assert session.proc.returncode == 0

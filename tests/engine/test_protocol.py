@@ -61,7 +61,7 @@ def test_probe_answers_with_a_result(tiny_model):
     (["probe", "{tmp}/absent-model"], "absent-model"),
     (["export", "{tmp}", "--format", "gguf"], "no config.yaml"),
     (["push", "{tmp}"], "not an export folder"),
-    (["chat", "{tmp}/absent.gguf"], "--protocol needs --prompt"),
+    (["chat", "{tmp}/absent.gguf"], "not found"),  # a session: it loads before any request
     (["train", "model={tmp}/absent", "dataset={tmp}/absent.jsonl", "output_dir={tmp}/run"],
      "absent"),
 ], ids=["inspect-dataset", "probe", "export", "push", "chat", "train"])
