@@ -36,6 +36,7 @@ from app.run_progress import RunProgress
 from app.run_state import RunState
 from app.runs import has_adapter, series_of
 from app.status_line import StatusLine, StatusMessage
+from app.widgets.cluster_dialog import ClusterDialog
 from app.widgets.curves_tab import CurvesTab
 from app.widgets.log_view import LogView
 from app.widgets.playground import PlaygroundWidget
@@ -84,7 +85,7 @@ class MainWindow(QMainWindow):
         self.runs_tab.sig_resume_requested.connect(self.resume_run)
         self.runs_tab.sig_runs_listed.connect(self._offer_adapter_run)
         self.export_panel = ExportPanel()
-        self.playground = PlaygroundWidget()
+        self.playground = PlaygroundWidget(runs_root=self.runs_root)
         for panel in (self.export_panel, self.playground):
             panel.run_dir.textChanged.connect(lambda text, panel=panel: self._panel_given(panel, text))
         self.tabs = QTabWidget()
@@ -131,7 +132,9 @@ class MainWindow(QMainWindow):
         for index in (0, 1):
             self.splitter.setCollapsible(index, False)
         self.setCentralWidget(self.splitter)
-        self.menuBar().addMenu("&Run").addAction(self.notifier.sound_action)
+        run_menu = self.menuBar().addMenu("&Run")
+        run_menu.addAction("On several machines…", self.show_cluster_commands)
+        run_menu.addAction(self.notifier.sound_action)
         self.menuBar().addMenu("&Help").addAction("About EdgeTune", self.show_about)
         QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.start)
         QShortcut(QKeySequence("Ctrl+."), self, activated=self.stop)
@@ -161,14 +164,8 @@ class MainWindow(QMainWindow):
             self.status.show("input", StatusMessage(str(exc), error=True))
             return
         self.status.clear("input")
-        name = time.strftime("run-%Y%m%d-%H%M%S")
-        output_dir = self.runs_root / name
-        suffix = 1
-        while output_dir.exists():
-            suffix += 1
-            output_dir = self.runs_root / f"{name}-{suffix}"
+        output_dir, config_path = self._new_run_folder()
         config.output_dir = str(output_dir)
-        config_path = self.runs_root / f"{output_dir.name}.yaml"
         try:
             self.runs_root.mkdir(parents=True, exist_ok=True)
             config_io.save(config, config_path)
@@ -181,6 +178,29 @@ class MainWindow(QMainWindow):
         self.settings.setValue("runs_root", str(self.runs_root))
         self.setup.save_state()
         self._launch(config_path, output_dir, resume=False, total=config.steps)
+
+    def _new_run_folder(self) -> tuple[Path, Path]:
+        """A fresh run folder under runs_root and the config file beside it (NAME.yaml)."""
+        name = time.strftime("run-%Y%m%d-%H%M%S")
+        output_dir, suffix = self.runs_root / name, 1
+        while output_dir.exists():
+            suffix += 1
+            output_dir = self.runs_root / f"{name}-{suffix}"
+        return output_dir, self.runs_root / f"{output_dir.name}.yaml"
+
+    def show_cluster_commands(self) -> ClusterDialog | None:
+        """Run ▸ On several machines…: the torchrun and SkyPilot commands for these settings."""
+        try:
+            config = self._checked_config()
+        except UserError as exc:
+            self.status.show("input", StatusMessage(str(exc), error=True))
+            return None
+        output_dir, config_path = self._new_run_folder()
+        config.output_dir = str(output_dir)
+        dialog = ClusterDialog(config, config_path, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        return dialog
 
     def resume(self) -> None:
         # The engine checks the run folder (config, checkpoints, versions) and names what is

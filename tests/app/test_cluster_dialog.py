@@ -47,3 +47,20 @@ def test_more_workers_than_directions_is_refused_with_the_reason(qtbot, tiny_con
     _answer(qtbot, dialog)
     assert "4 workers" in dialog.status.text() and "optimizer.q" in dialog.status.text()
     assert dialog.torchrun.toPlainText() == "" and not dialog.copy_torchrun.isEnabled()
+
+
+def test_the_run_menu_opens_it_for_the_forms_settings(make_window, qtbot, tiny_model,
+                                                      classification_data):
+    from conftest import fill_tiny
+
+    window = make_window()
+    fill_tiny(window, tiny_model, classification_data, **{"optimizer.q": 4})
+    action = next(a for a in window.menuBar().actions()[0].menu().actions()
+                  if a.text() == "On several machines…")
+    action.trigger()
+    dialog = window.findChild(ClusterDialog)
+    assert dialog is not None and dialog.isVisible()
+    assert dialog.config.optimizer.q == 4 and dialog.config.model == str(tiny_model)
+    assert dialog.config_path.parent == window.runs_root
+    assert dialog.config_path.name == f"{dialog.config.output_dir.rsplit('/', 1)[-1]}.yaml"
+    dialog.close()
