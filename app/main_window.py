@@ -30,7 +30,6 @@ from PySide6.QtWidgets import (
 
 from app.about import AboutDialog
 from app.engine_client import EngineClient
-from app.export_panel import ExportPanel
 from app.notifications import Notifier
 from app.run_progress import RunProgress
 from app.run_state import RunState
@@ -38,6 +37,7 @@ from app.runs import has_adapter, series_of
 from app.status_line import StatusLine, StatusMessage
 from app.widgets.cluster_dialog import ClusterDialog
 from app.widgets.curves_tab import CurvesTab
+from app.widgets.export_panel import ExportPanel
 from app.widgets.log_view import LogView
 from app.widgets.playground import PlaygroundWidget
 from app.widgets.run_controls import RunControls, outcome
@@ -47,7 +47,7 @@ from engine.api import config as config_io
 from engine.api.errors import UserError
 
 if TYPE_CHECKING:
-    from app.curves import CurvesWidget
+    from app.widgets.curves import CurvesWidget
 
 SETTINGS_SCHEMA = 1
 # The platform's place for user data (~/.local/share/edgetune/runs on Linux), the same in a

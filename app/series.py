@@ -1,6 +1,6 @@
 """The points of a run's curves, from live events or replayed from metrics.jsonl.
 
-Kept apart from the plotting (app.curves) so reading run history does not import pyqtgraph.
+Kept apart from the plotting (app.widgets.curves) so reading run history does not import pyqtgraph.
 """
 
 from __future__ import annotations

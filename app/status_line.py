@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from PySide6.QtCore import QObject, Signal
 
-from app.settings_form import name_the_controls
+from app.widgets.settings_form import name_the_controls
 
 # The owners, most urgent first: the line shows the first one that has a message.
 OWNERS = (

@@ -8,7 +8,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 if TYPE_CHECKING:
-    from app.curves import CurvesWidget
+    from app.widgets.curves import CurvesWidget
 
 
 class CurvesTab(QWidget):
@@ -26,7 +26,7 @@ class CurvesTab(QWidget):
     def curves(self) -> CurvesWidget:
         """The tab's CurvesWidget, built on first use."""
         if self._curves is None:
-            from app.curves import CurvesWidget
+            from app.widgets.curves import CurvesWidget
 
             self._curves = CurvesWidget()
             self.layout().addWidget(self._curves)

@@ -19,9 +19,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.dataset_preview import dropped_path
 from app.json_tool import JsonTool
 from app.run_state import RunState
+from app.widgets.dataset_preview import dropped_path
 from app.widgets.elided import ElidedLabel
 
 RECENT_MODELS = 8

@@ -23,11 +23,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.dataset_preview import DatasetPreview, DropZone
-from app.device_panel import DevicePanel, model_config
 from app.run_state import RunState
-from app.settings_form import SettingsForm, name_the_controls
+from app.widgets.dataset_preview import DatasetPreview, DropZone
+from app.widgets.device_panel import DevicePanel, model_config
 from app.widgets.model_picker import ModelPicker
+from app.widgets.settings_form import SettingsForm, name_the_controls
 from engine.api import config as config_io
 from engine.api.errors import UserError
 

@@ -9,8 +9,8 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QPointF, QSettings  # noqa: E402
 from PySide6.QtWidgets import QVBoxLayout, QWidget  # noqa: E402
 
-from app.curves import CurvesWidget  # noqa: E402
 from app.series import Series  # noqa: E402
+from app.widgets.curves import CurvesWidget  # noqa: E402
 
 GIB = 2**30
 
@@ -141,7 +141,7 @@ def test_hover_over_two_overlaid_runs_does_not_widen_the_window(qtbot):
 
 
 def test_memory_bar_text_reads_whole_when_wide_and_elides_when_narrow(qtbot, tmp_path):
-    from app.device_panel import DevicePanel
+    from app.widgets.device_panel import DevicePanel
 
     panel = DevicePanel(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(panel)

@@ -15,8 +15,8 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QProcess  # noqa: E402
 from PySide6.QtGui import QDesktopServices, QGuiApplication  # noqa: E402
 
-from app import export_panel  # noqa: E402
-from app.export_panel import KILL_AFTER_MS, MERGED_OUTTYPES, ExportPanel  # noqa: E402
+from app.widgets import export_panel  # noqa: E402
+from app.widgets.export_panel import KILL_AFTER_MS, MERGED_OUTTYPES, ExportPanel  # noqa: E402
 from engine.api.formats import FORMATS  # noqa: E402
 from engine.export.gguf_writer import OUTTYPES  # noqa: E402
 

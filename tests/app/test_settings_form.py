@@ -23,9 +23,9 @@ from PySide6.QtWidgets import (  # noqa: E402
     QScrollArea,
 )
 
-from app.dataset_preview import DatasetPreview  # noqa: E402
-from app.device_panel import GIB, DevicePanel  # noqa: E402
-from app.settings_form import FIELDS, SettingsForm, name_the_controls  # noqa: E402
+from app.widgets.dataset_preview import DatasetPreview  # noqa: E402
+from app.widgets.device_panel import GIB, DevicePanel  # noqa: E402
+from app.widgets.settings_form import FIELDS, SettingsForm, name_the_controls  # noqa: E402
 from engine.api.config import TrainConfig, field_doc  # noqa: E402
 
 INSPECT_TIMEOUT_MS = 60_000

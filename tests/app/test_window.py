@@ -25,7 +25,7 @@ SCREENSHOTS = REPO / "tests" / "screenshots"
 
 
 def test_app_never_imports_torch():
-    code = ("import sys; import app.main_window, app.__main__, app.curves, app.bench_startup; "
+    code = ("import sys; import app.main_window, app.__main__, app.widgets.curves, app.bench_startup; "
             "bad = [m for m in ('torch', 'transformers', 'peft', 'executorch', 'llama_cpp') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
@@ -267,7 +267,7 @@ def test_stop_mid_run_then_resume_continues(make_window, qtbot, tiny_model, clas
 
 
 def test_curves_redraw_in_batches_and_hover_reads_values(qtbot):
-    from app.curves import CurvesWidget
+    from app.widgets.curves import CurvesWidget
 
     curves = CurvesWidget()
     qtbot.addWidget(curves)

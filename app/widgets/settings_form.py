@@ -29,7 +29,7 @@ from app.wheel_guard import wheel_only_when_focused
 from engine.api.config import CHOICES, TrainConfig, field_doc, get_field
 
 # The fields shown, in order (dotted paths into TrainConfig). Device, dtype and the memory
-# budget belong to the Device group (app.device_panel).
+# budget belong to the Device group (app.widgets.device_panel).
 BASIC = (
     "task", "time_budget_minutes", "steps", "batch_size", "max_seq_len", "eval_fraction",
     "skip_bad_rows", "label_words", "prompt_template", "seed",

@@ -25,8 +25,8 @@ from PySide6.QtWidgets import (
 )
 
 from app.json_tool import JsonTool
-from app.settings_form import name_the_controls
 from app.wheel_guard import wheel_only_when_focused
+from app.widgets.settings_form import name_the_controls
 from engine.api.config import CHOICES, field_doc
 
 PREVIEW_ROWS = 20
