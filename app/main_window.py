@@ -29,11 +29,14 @@ from PySide6.QtWidgets import (
 )
 
 from app.about import AboutDialog
+from app.adapter_runs import AdapterRuns
 from app.engine_client import EngineClient
 from app.notifications import Notifier
+from app.quit_guard import QuitGuard
+from app.run_events import RunEvents
 from app.run_progress import RunProgress
 from app.run_state import RunState
-from app.runs import has_adapter, series_of
+from app.runs import series_of
 from app.status_line import StatusLine, StatusMessage
 from app.widgets.cluster_dialog import ClusterDialog
 from app.widgets.curves_tab import CurvesTab
@@ -73,7 +76,6 @@ class MainWindow(QMainWindow):
         self.runs_root = Path(runs_root or self.settings.value("runs_root", str(DEFAULT_RUNS_ROOT)))
         self.run = RunState()
         self.engine = EngineClient(self, command=engine_command, watchdog_seconds=watchdog_seconds)
-        self.engine.sig_event_received.connect(self._on_event)
         self.engine.sig_finished.connect(self._on_finished)
         self.run.sig_state_changed.connect(self._update_buttons)
 
@@ -83,11 +85,10 @@ class MainWindow(QMainWindow):
         self.runs_tab = RunsTab(self.runs_root, self.run)
         self.runs_tab.sig_open_requested.connect(self.open_runs)
         self.runs_tab.sig_resume_requested.connect(self.resume_run)
-        self.runs_tab.sig_runs_listed.connect(self._offer_adapter_run)
         self.export_panel = ExportPanel()
         self.playground = PlaygroundWidget(runs_root=self.runs_root)
-        for panel in (self.export_panel, self.playground):
-            panel.run_dir.textChanged.connect(lambda text, panel=panel: self._panel_given(panel, text))
+        self.adapter_runs = AdapterRuns(self.export_panel, self.playground, self.runs_tab)
+        self.runs_tab.sig_runs_listed.connect(self.adapter_runs.offer)
         self.tabs = QTabWidget()
         for page, title in ((self.curves_tab, "Curves"), (self.runs_tab, "Runs"), (self.log, "Log"),
                             (self.export_panel, "Export"), (self.playground, "Playground")):
@@ -104,8 +105,10 @@ class MainWindow(QMainWindow):
         self.controls.resume_button.clicked.connect(self.resume)
         self.controls.open_folder_button.clicked.connect(self.open_run_folder)
         self.notifier = Notifier(self, self.controls.banner, self.settings)
-        self.quit_question: QMessageBox | None = None
-        self._quit_when_stopped = False
+        self.quit_guard = QuitGuard(self)
+        self.events = RunEvents(self.run, lambda: self.curves, self.controls, self.status, self.log,
+                                self.export_panel)
+        self.engine.sig_event_received.connect(self.events.on_event)
         left = QWidget(minimumWidth=LEFT_PANEL_MIN_WIDTH)
         left_layout = QVBoxLayout(left)
         left_layout.addWidget(self.setup, 1)
@@ -142,6 +145,11 @@ class MainWindow(QMainWindow):
         self.setup.restore()
         self.runs_tab.refresh()
         self._update_buttons("idle")
+
+    @property
+    def quit_question(self) -> QMessageBox | None:
+        """The open "stop and quit?" question, if closing asked it."""
+        return self.quit_guard.question
 
     @property
     def curves(self) -> CurvesWidget:
@@ -276,64 +284,17 @@ class MainWindow(QMainWindow):
         if self.run.output_dir is not None:
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.run.output_dir)))
 
-    # ---- engine events ----------------------------------------------------------------
-    def _on_event(self, event) -> None:
-        data = event.data
-        if event.type in ("metrics", "eval", "memory"):
-            self.curves.add_event(event.type, data)
-        if event.type in ("progress", "metrics"):
-            self.status.clear("stage")  # training went on after an evaluation or a checkpoint
-        if event.type == "progress":
-            self.run.progress.on_progress(data)
-            self.controls.show_progress(self.run.progress, self.run.tokens_per_second)
-        elif event.type == "metrics":
-            self.run.tokens_per_second = data.get("tokens_per_second")
-        elif event.type == "status":
-            self._on_status(event)
-        elif event.type == "log":
-            self.log.add_line(str(data.get("level", "info")), str(data.get("message", "")))
-        elif event.type == "eval":
-            accuracy = data.get("accuracy")
-            text = f"eval @ step {data.get('step')}: loss {data.get('loss', float('nan')):.4f}"
-            self.log.add_line("info", text + (f", accuracy {accuracy:.1%}" if accuracy is not None else ""))
-            self.status.clear("stage")
-            self.run.progress.on_evaluated(event.time)
-            self.controls.show_progress(self.run.progress, self.run.tokens_per_second)
-        elif event.type == "artifact" and data.get("kind") == "adapter":
-            self.export_panel.set_run(Path(str(data.get("path"))).parent)
-        elif event.type == "error":
-            self.run.last_error = str(data.get("message"))
-            self.log.add_line("error", self.run.last_error)
-        elif event.type == "checkpoint":
-            self.log.add_line("info", f"checkpoint @ step {data.get('step')}: {data.get('path')}")
-            self.status.clear("stage")
-
-    def _on_status(self, event) -> None:
-        data = event.data
-        state = str(data.get("state"))
-        message = StatusMessage(str(data.get("message") or state))
-        if data.get("device"):
-            self.controls.show_device(str(data["device"]), data.get("threads"))
-        if state in ("evaluating", "checkpointing"):  # passing stages, over the standing one
-            self.status.show("stage", message)
-        else:
-            self.status.clear("launch", "stage")
-            self.status.show("engine", message)
-        if state == "evaluating":
-            self.run.progress.on_evaluating(data, event.time)
-            self.controls.show_progress(self.run.progress, self.run.tokens_per_second)
-
     def _on_finished(self, status: str, exit_code: int) -> None:
         self.run.last_status = status
         ended = outcome(status, exit_code, self.run.last_error, list(self.engine.stderr_tail))
         self.status.clear("launch", "engine", "stage", "stopping")
         self.status.show("outcome", ended)
         if status == "completed" and self.run.output_dir is not None:
-            self._offer_adapter_run(self.run.output_dir)
+            self.adapter_runs.offer(self.run.output_dir)
         self.curves.redraw()
         self.run.set("idle")
         self.runs_tab.refresh()
-        if self._quit_when_stopped:
+        if self.quit_guard.quit_when_stopped:
             QTimer.singleShot(0, self.close)
         elif status != "stopped":  # a stop is the user's own doing
             self._notify(status, ended)
@@ -353,30 +314,8 @@ class MainWindow(QMainWindow):
             return
         folders = [folder_of(item) for item in items]
         self.curves.show_runs([series_of(folder) for folder in folders])
-        self._offer_adapter_run(*folders)
+        self.adapter_runs.offer(*folders)
         self._show_tab(self.curves_tab)
-
-    def _offer_adapter_run(self, *preferred: Path) -> None:
-        """Give Export and the Playground the first of `preferred` that saved an adapter, else
-        the run they show while it still has one, else the newest run with one; with none,
-        both are disabled (they need an adapter to do anything)."""
-        shown = self.export_panel.run_dir.text().strip()
-        candidates = [*preferred, *([Path(shown)] if shown else []), *self.runs_tab.adapter_runs()]
-        folder = next((candidate for candidate in candidates if has_adapter(candidate)), None)
-        for panel in (self.export_panel, self.playground):
-            if folder is not None:
-                panel.set_run(folder)
-            self._enable_panel(panel, folder is not None)
-
-    def _panel_given(self, panel: QWidget, text: str) -> None:
-        """A run folder reached a panel, from this window or its own set_run: one with an
-        adapter enables it. Typing never disables it (a half-typed path has no adapter)."""
-        if text.strip() and has_adapter(Path(text.strip())):
-            self._enable_panel(panel, True)
-
-    def _enable_panel(self, panel: QWidget, enabled: bool) -> None:
-        panel.setEnabled(enabled)
-        panel.setToolTip("" if enabled else "no run has saved an adapter yet")
 
     def _show_tab(self, page: QWidget) -> None:
         """Bring the tab that holds `page` (in its scroll area) to the front."""
@@ -412,9 +351,9 @@ class MainWindow(QMainWindow):
             # asked to stop cleanly first, and the window closes once it has ended.
             event.ignore()
             if self.run.state == "running":
-                self._ask_to_stop_and_quit()
+                self.quit_guard.ask()
             else:
-                self._stop_and_quit()
+                self.quit_guard.stop_and_quit()
             return
         self.save_state()
         self.shutdown()
@@ -425,34 +364,6 @@ class MainWindow(QMainWindow):
             QTimer.singleShot(100, self.close)
             return
         super().closeEvent(event)
-
-    def _ask_to_stop_and_quit(self) -> QMessageBox:
-        """"A run is in progress — stop and quit?", asked without blocking the event loop (the
-        run goes on drawing); Cancel keeps the window and the run."""
-        if self.quit_question is None:
-            box = QMessageBox(QMessageBox.Icon.Question, "Quit EdgeTune",
-                              "A run is in progress — stop and quit?",
-                              QMessageBox.StandardButton.Cancel, self)
-            box.setInformativeText("The run finishes its step and writes a checkpoint first; "
-                                   "Resume continues from it.")
-            stop = box.addButton("Stop and quit", QMessageBox.ButtonRole.AcceptRole)
-            box.setDefaultButton(QMessageBox.StandardButton.Cancel)
-            box.buttonClicked.connect(lambda button: self._stop_and_quit() if button is stop else None)
-            self.quit_question = box
-        self.quit_question.open()
-        return self.quit_question
-
-    def _stop_and_quit(self) -> None:
-        """Stop the run cleanly and close once the engine has ended; the stop's own escalation
-        (terminate, then kill) bounds the wait."""
-        if self.run.state == "idle":  # it ended while the question was open
-            self.close()
-            return
-        self._quit_when_stopped = True
-        self.stop()
-        self.status.show("stopping", StatusMessage(
-            "Stopping the run: its step is finished and a checkpoint written, then EdgeTune "
-            "closes…"))
 
     def shutdown(self) -> None:
         """End every child process (engine, inspection, export, chat); none is waited for."""

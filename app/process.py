@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import shiboken6
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
 from engine.api.protocol import EVENT_TYPES, STOP_COMMAND, Event, ProtocolError, decode
@@ -206,6 +207,8 @@ class EngineProcess(QObject):
             self.sig_log_received.emit("stderr", text)
 
     def _exited(self, process: QProcess, exit_code: int) -> None:
+        if not shiboken6.isValid(process) or not shiboken6.isValid(self):
+            return  # its owner is being destroyed (the window closed): nobody is left to tell
         process.deleteLater()
         if process is not self._process:
             return  # abandoned

@@ -214,14 +214,22 @@ def make_window(qtbot, tmp_path):
         return window
 
     yield make
+    import shiboken6
+
     for window in windows:
         # Let a pending inspection or probe end on its own, and the processes a test killed be
         # reaped (that takes a turn of the event loop); anything else still running is a leak.
+        # A window the test closed for good may be gone by then: its processes went with it.
         for tool in (window.preview.inspection, window.model_probe):
-            if tool.is_running():
+            if shiboken6.isValid(window) and tool.is_running():
                 qtbot.waitSignal(tool.sig_answered, timeout=60_000).wait()
+        if not shiboken6.isValid(window):
+            continue
         with contextlib.suppress(qtbot.TimeoutError):
-            qtbot.waitUntil(lambda w=window: not _child_processes(w), timeout=3000)
+            qtbot.waitUntil(lambda w=window: not shiboken6.isValid(w) or not _child_processes(w),
+                            timeout=3000)
+        if not shiboken6.isValid(window):
+            continue
         running = _child_processes(window)
         window.shutdown()
         leaked = [" ".join([p.program(), *p.arguments()]) for p in running]
