@@ -125,8 +125,12 @@ def run(argv: list[str], body: Callable[[], int | None], *, protocol: bool,
     """
     global _current
     _current = Session()
+    interrupt = signal.getsignal(signal.SIGINT)
     if protocol:
         _current.writer = EventWriter(_reserve_stdout(), uuid.uuid4().hex[:12])
+        # A stop is a SIGINT to the main thread: it must raise here even when this process was
+        # started with SIGINT ignored (a parent that ignores it passes that on to its children).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     code = EXIT_INTERNAL
     try:
         if protocol:
@@ -148,6 +152,8 @@ def run(argv: list[str], body: Callable[[], int | None], *, protocol: bool,
         status = _current.status if code == EXIT_OK else \
             "stopped" if code == EXIT_STOPPED else "failed"
         emit("done", status=status, exit_code=code, **_current.done)
+        if protocol:
+            signal.signal(signal.SIGINT, interrupt)  # a caller in this process keeps its own
     return code
 
 

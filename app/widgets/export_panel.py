@@ -48,7 +48,9 @@ MERGED_OUTTYPES = [
 ]
 STDERR_TAIL_LINES = 20  # of the engine's stderr, shown after a failure
 STOPPED_EXIT_CODE = 130  # the engine's exit code after a stop, SIGTERM or Ctrl+C
-TERMINATE_AFTER_MS = 3000  # after `stop`: time to remove the file being written
+# After `stop`: time to remove the file being written. A stop lands at the next Python bytecode,
+# so a long C call (a tensor write, llama.cpp loading) delays it: seconds on a loaded laptop.
+TERMINATE_AFTER_MS = 10_000
 KILL_AFTER_MS = 3000  # after terminate
 
 
