@@ -13,6 +13,7 @@ from PySide6.QtCore import QProcess, Qt
 from app.process import EngineProcess
 from app.widgets.playground import PlaygroundWidget
 from engine.export import gguf as gguf_export
+from engine.export import gguf_writer
 
 LABELS = [" terrible", " great"]
 
@@ -21,7 +22,7 @@ LABELS = [" terrible", " great"]
 def gguf_run(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("playground")
     base_gguf = root / "tiny.gguf"
-    gguf_export.write_model(tiny_model, base_gguf, "f32")
+    gguf_writer.write_model(tiny_model, base_gguf, "f32")
     adapter = make_random_adapter(tiny_model, root / "adapter", b_std=0.3)
     run = make_run(root / "run", base_gguf, adapter, label_words=LABELS)
     # Exported up front, as `python -m engine export` would; the chat processes then only load.

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEMO_DATA
+from conftest import DEMO_DATA, train
 
 from engine.api import config as config_io
 from engine.model.loading import read_gguf
-from engine.train.events import EventBus
-from engine.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 
@@ -45,12 +43,7 @@ def train_two_steps_and_check_the_adapter_in_peft(model: str, run_dir: Path) -> 
         "label_words=[' terrible', ' great']", f"output_dir={run_dir}", "batch_size=1",
         "max_seq_len=64", "eval_every=0", "eval_rows=4", "threads=2", "optimizer.q=1",
     ])
-    trainer = Trainer(cfg, EventBus())
-    trainer.setup(resume=False)
-    try:
-        result = trainer.train()
-    finally:
-        trainer.cleanup()
+    result, _, trainer = train(cfg)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     losses = [r["loss"] for r in records if r["type"] == "metrics"]
     assert result.step == 2 and len(losses) == 2 and all(math.isfinite(x) for x in losses)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEMO_DATA, REPO
+from conftest import DEMO_DATA, REPO, train
 from lora_runs import classification_run, make_random_adapter, make_run
 
 from engine.api import config as config_io
@@ -18,8 +18,6 @@ from engine.export import gguf as gguf_export
 from engine.export import gguf_verify
 from engine.runtime import pte
 from engine.runtime.backend import Settings
-from engine.train.events import EventBus
-from engine.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +35,7 @@ def test_prge_steps_on_smollm2_are_finite_and_the_adapter_loads(tmp_path):
         "batch_size=2", "max_seq_len=64", "eval_every=0", "eval_rows=8", "threads=2",
         "optimizer.q=2",
     ])
-    trainer = Trainer(cfg, EventBus())
-    trainer.setup(resume=False)
-    try:
-        result = trainer.train()
-    finally:
-        trainer.cleanup()
+    result, _, trainer = train(cfg)
     assert math.isfinite(result.eval_after["loss"])
     assert 0.0 <= result.eval_after["accuracy"] <= 1.0
     base = AutoModelForCausalLM.from_pretrained(str(local_folder("default")), dtype=torch.float32)

@@ -20,6 +20,7 @@ from engine.chat import resolve
 from engine.cli import run_tool
 from engine.data.dataset import load_dataset
 from engine.export import gguf as gguf_export
+from engine.export import gguf_writer
 from engine.runtime.backend import Settings
 from engine.runtime.hf import TransformersBackend
 from engine.runtime.llamacpp import LlamaCppBackend
@@ -32,7 +33,7 @@ def runs(tiny_model, tmp_path_factory):
     """The same adapter on a GGUF base and on the Hugging Face folder it was written from."""
     root = tmp_path_factory.mktemp("chat")
     base_gguf = root / "tiny.gguf"
-    gguf_export.write_model(tiny_model, base_gguf, "f32")
+    gguf_writer.write_model(tiny_model, base_gguf, "f32")
     adapter = make_random_adapter(tiny_model, root / "adapter", b_std=0.3)
     options = dict(label_words=LABELS, prompt_template="{text} It was")
     return (make_run(root / "gguf-run", base_gguf, adapter, **options),
