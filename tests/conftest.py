@@ -32,12 +32,19 @@ needs_adb = pytest.mark.skipif(shutil.which("adb") is None,
                                reason="adb is not installed (make test-system installs it)")
 
 
-def write_gguf(path: Path, architecture: str) -> Path:
-    """A one-tensor GGUF file of `architecture`: enough for the checks made before conversion."""
+def write_gguf(path: Path, architecture: str, kind: str | None = None,
+               file_type: int | None = None) -> Path:
+    """A one-tensor GGUF file of `architecture`: enough for the checks made before conversion
+    and before a push (`kind`: general.type, "model" | "adapter"; `file_type`: general.file_type,
+    a gguf.LlamaFileType)."""
     import gguf
     import numpy as np
 
     writer = gguf.GGUFWriter(str(path), architecture)
+    if kind is not None:
+        writer.add_type(kind)
+    if file_type is not None:
+        writer.add_file_type(file_type)
     writer.add_block_count(1)
     writer.add_tensor("token_embd.weight", np.zeros((64, 32), dtype=np.float32))
     writer.write_header_to_file()

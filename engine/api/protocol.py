@@ -39,7 +39,8 @@ Event payloads (fields may be added):
   "memory" (the budget was crossed) or "end" (the run's end, before its adapter is saved))
 - artifact: kind, path: what the command wrote. training "adapter" | "plot"; export the format
   ("gguf" | "merged-gguf" | "executorch") and the exported file or folder; push "device" and
-  SERIAL:/folder on the phone
+  SERIAL:/folder on the phone (SERIAL:/folder/NAME.gguf for a merged GGUF model), with format
+  ("executorch" | "merged-gguf") and next_step (what to open on the phone; "" for ExecuTorch)
 - result: the answer of a command that answers with data, the object it prints with --json:
   probe (see engine/model/probe.py), inspect-dataset (engine/data/inspection.py; its errors
   field lists problems, exit code 2 when not empty), push --list ({"devices": […]})

@@ -110,9 +110,15 @@ def list_devices(with_free_space: bool = True) -> list[Device]:
     devices = parse_devices(result.stdout)
     for device in devices:
         if device.ready and with_free_space:
-            df = adb(["shell", "df", "-k", "/data/local/tmp"], LIST_TIMEOUT_SECONDS, device.serial)
-            device.free_bytes = parse_free_bytes(df.stdout) if df.returncode == 0 else None
+            device.free_bytes = free_bytes(device.serial, "/data/local/tmp")
     return devices
+
+
+def free_bytes(serial: str, path: str) -> int | None:
+    """Available bytes in the filesystem holding PATH on the phone (/sdcard is not always the
+    filesystem of /data/local/tmp); None when df cannot tell."""
+    df = adb(["shell", "df", "-k", path], LIST_TIMEOUT_SECONDS, serial)
+    return parse_free_bytes(df.stdout) if df.returncode == 0 else None
 
 
 def choose_device(devices: list[Device], serial: str | None) -> Device:
