@@ -1,9 +1,10 @@
 """A run's exports on disk as the Export tab shows them: the newest one, what it is and how it
-was verified (one line with the key numbers), and the command that loads it into Ollama.
+was verified (one line with the key numbers), the command that loads it into Ollama, and the
+ones a phone takes.
 
 The engine writes them (engine/export/): RUN/export/NAME.gguf with NAME.verification.json and
-NAME.Modelfile beside it; RUN/export/executorch*/ folders with the verification in their
-metadata.json. Read with the standard library only.
+NAME.Modelfile beside it (merged-OUTTYPE.gguf for a merged model); RUN/export/executorch*/
+folders with the verification in their metadata.json. Read with the standard library only.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 MODELFILE = ".Modelfile"
 METADATA = "metadata.json"
+MERGED_PREFIX = "merged-"  # a merged GGUF model: the one GGUF phone chat apps load (no LoRA)
 
 
 def newest_export(run_dir: Path) -> Path | None:
@@ -26,6 +28,24 @@ def newest_export(run_dir: Path) -> Path | None:
     exports = [path for path in folder.glob("*.gguf") if path.with_suffix(MODELFILE).is_file()]
     exports += [metadata.parent for metadata in folder.glob(f"executorch*/{METADATA}")]
     return max(exports, key=lambda path: _written(path).stat().st_mtime, default=None)
+
+
+def phone_exports(run_dir: Path) -> list[Path]:
+    """The run's exports `push` takes, newest first: ExecuTorch folders and merged GGUF models
+    (a GGUF adapter is not one: PocketPal and ChatterUI cannot apply a LoRA adapter)."""
+    folder = run_dir / "export"
+    exports = [metadata.parent for metadata in folder.glob(f"executorch*/{METADATA}")]
+    exports += folder.glob(f"{MERGED_PREFIX}*.gguf")
+    return sorted(exports, key=lambda path: _written(path).stat().st_mtime, reverse=True)
+
+
+def phone_label(export: Path) -> str:
+    """What pushing the export puts where, for the Export tab's choice."""
+    if export.is_dir():
+        return f"ExecuTorch {export.name} → a folder of its own on the phone (ExecuTorch apps)"
+    weights = export.stem.removeprefix(MERGED_PREFIX).upper()
+    return (f"merged GGUF {weights}, {export.stat().st_size / 2**20:.1f} MiB → the phone's "
+            "Download folder (PocketPal, ChatterUI)")
 
 
 def _written(export: Path) -> Path:

@@ -88,6 +88,23 @@ def own_adb_server(monkeypatch) -> dict[str, str]:
                        capture_output=True, timeout=30)
 
 
+@pytest.fixture
+def fake_phone(tmp_path, monkeypatch) -> Path:
+    """tests/fake_adb.py first on PATH as `adb` (for this test and the processes it starts), and
+    the folder that is its phone's storage (sdcard/Download, data/local/tmp)."""
+    root = tmp_path / "phone"
+    for folder in ("sdcard/Download", "data/local/tmp"):
+        (root / folder).mkdir(parents=True)
+    bin_dir = tmp_path / "fake-adb-bin"
+    bin_dir.mkdir()
+    (bin_dir / "adb").write_text(f'#!/bin/sh\nexec "{sys.executable}" '
+                                 f'"{REPO / "tests" / "fake_adb.py"}" "$@"\n')
+    (bin_dir / "adb").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_PHONE_ROOT", str(root))
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")

@@ -6,8 +6,11 @@ shows up here without an app change. Each export runs `python -m engine export R
 are the progress bar and the lines below it, its artifact event the exported path; no text is
 parsed, and the engine's stderr (library chatter) is shown only as its last lines after a
 failure. The newest export of the run is described with its verification verdict, and can be
-opened in the file manager or, for GGUF, loaded into Ollama with the copied command. Stop sends
-`stop`, on which the engine removes the file it was writing.
+opened in the file manager or, for GGUF, loaded into Ollama with the copied command. An
+ExecuTorch export or a merged GGUF model (for PocketPal / ChatterUI, into the phone's Download
+folder) is pushed to a connected phone with `push`; where it landed and what to open on the phone
+come from its artifact event. Stop sends `stop`, on which the engine removes the file it was
+writing.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.exports import describe, modelfile, newest_export, ollama_command
+from app.exports import describe, modelfile, newest_export, ollama_command, phone_exports, phone_label
 from app.json_tool import JsonTool
 from app.process import EngineProcess, ProcessEnd, engine_command
+from app.widgets.elided import ElidedLabel
 from engine.api.formats import FORMATS
 
 # (label, --quantize value) for the ExecuTorch export.
@@ -46,6 +50,7 @@ MERGED_OUTTYPES = [
     ("Q8_0 (8-bit, about half of F16, close to exact)", "q8_0"),
     ("F16 (16-bit, exact)", "f16"),
 ]
+PHONE_LINES = 4  # where a push landed, then what to open on the phone (PocketPal, ChatterUI)
 STDERR_TAIL_LINES = 20  # of the engine's stderr, shown after a failure
 STOPPED_EXIT_CODE = 130  # the engine's exit code after a stop, SIGTERM or Ctrl+C
 # After `stop`: time to remove the file being written. A stop lands at the next Python bytecode,
@@ -61,7 +66,7 @@ class ExportPanel(QWidget):
     """Format, exit code, and the exported path ("" when the export failed)."""
 
     sig_push_finished = Signal(int, str)
-    """Exit code, and where the files landed ("SERIAL:/path", "" when the push failed)."""
+    """Exit code, and where the export landed ("SERIAL:/path", "" when the push failed)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -108,9 +113,18 @@ class ExportPanel(QWidget):
         self.refresh_button.clicked.connect(self.refresh_devices)
         self.push_button = QPushButton("Push to phone", enabled=False)
         self.push_button.clicked.connect(self.push)
+        self.push_choice = QComboBox()  # the run's exports a phone takes; data: the path
+        self.push_choice.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.push_choice.setMinimumContentsLength(24)  # long labels elide, not widen the window
+        self.push_choice.currentIndexChanged.connect(self._update_push)
+        self.push_choice.setToolTip("what Push to phone copies: an ExecuTorch export, or a merged "
+                                    "GGUF model for PocketPal / ChatterUI (a GGUF adapter is not "
+                                    "offered: those apps cannot apply a LoRA adapter)")
+        self.phone_label = ElidedLabel(lines=PHONE_LINES)  # where the push landed, what next
+        self.phone_label.hide()
         self.device_tool = JsonTool("push", self)
         self.device_tool.sig_answered.connect(self.show_devices)
-        self.export_folder: Path | None = None  # the latest ExecuTorch export of this run
         self.latest_export: Path | None = None  # the newest export of this run, any format
         self._process = EngineProcess(self, terminate_after_ms=TERMINATE_AFTER_MS,
                                       kill_after_ms=KILL_AFTER_MS)
@@ -119,6 +133,7 @@ class ExportPanel(QWidget):
         self._process.sig_finished.connect(self._ended)
         self._when_done: Callable[[int, str], None] | None = None  # the work in flight's end
         self._artifact = ""
+        self._next_step = ""  # the push artifact's: what to open on the phone
         executorch_row = QHBoxLayout()
         executorch_row.addWidget(QLabel("ExecuTorch target:"))
         executorch_row.addWidget(self.target, 1)
@@ -129,6 +144,9 @@ class ExportPanel(QWidget):
         result_row.addWidget(self.open_folder_button)
         result_row.addWidget(self.ollama_button)
         result_row.addStretch(1)
+        push_row = QHBoxLayout()
+        push_row.addWidget(QLabel("To the phone:"))
+        push_row.addWidget(self.push_choice, 1)
         phone_row = QHBoxLayout()
         phone_row.addWidget(QLabel("Phone:"))
         phone_row.addWidget(self.devices, 1)
@@ -143,10 +161,15 @@ class ExportPanel(QWidget):
         layout.addWidget(self.busy)
         layout.addWidget(self.result_label)
         layout.addLayout(result_row)
+        layout.addLayout(push_row)
         layout.addLayout(phone_row)
+        layout.addWidget(self.phone_label)
         layout.addWidget(self.output, 1)
+        self._list_phone_exports()
 
     def set_run(self, folder: Path) -> None:
+        if self.run_dir.text() == str(folder):  # no textChanged: read its exports again anyway
+            self._show_adapter(str(folder))
         self.run_dir.setText(str(folder))
 
     def _show_adapter(self, text: str) -> None:
@@ -155,11 +178,19 @@ class ExportPanel(QWidget):
             self.adapter_label.setText(f"PEFT adapter (loads with peft.PeftModel.from_pretrained): {adapter}")
         else:
             self.adapter_label.setText("PEFT adapter: this folder has none yet (the run has not finished)")
-        exports = sorted((Path(text.strip()) / "export").glob("executorch*/metadata.json"),
-                         key=lambda p: p.stat().st_mtime) if text.strip() else []
-        self.export_folder = exports[-1].parent if exports else None
-        self._update_push()
+        self.phone_label.hide()  # an earlier run's push
+        self._list_phone_exports()
         self._show_export(newest_export(Path(text.strip())) if text.strip() else None)
+
+    def _list_phone_exports(self) -> None:
+        """The run's exports a phone takes, newest first (the one just exported on top)."""
+        run_dir = self.run_dir.text().strip()
+        self.push_choice.clear()
+        for export in phone_exports(Path(run_dir)) if run_dir else []:
+            self.push_choice.addItem(phone_label(export), str(export))
+        if not self.push_choice.count():
+            self.push_choice.addItem("no ExecuTorch or merged GGUF export of this run yet", None)
+        self._update_push()
 
     def is_running(self) -> bool:
         return self._process.is_running()
@@ -176,13 +207,14 @@ class ExportPanel(QWidget):
         self._start(args, lambda code, path: self._export_finished(fmt, code, path))
 
     def push(self) -> None:
-        serial = self.devices.currentData()
-        if self.export_folder is None or serial is None or self.is_running():
+        serial, export = self.devices.currentData(), self.push_choice.currentData()
+        if export is None or serial is None or self.is_running():
             return
-        self._start(["push", str(self.export_folder), "--serial", serial], self._push_finished)
+        self.phone_label.hide()
+        self._start(["push", export, "--serial", serial], self._push_finished)
 
     def _start(self, args: list[str], finished: Callable[[int, str], None]) -> None:
-        self._when_done, self._artifact = finished, ""
+        self._when_done, self._artifact, self._next_step = finished, "", ""
         self.output.appendPlainText(f"$ python -m engine {' '.join(args)}")
         self.busy.setRange(0, 0)
         self.busy.setFormat("")
@@ -208,6 +240,7 @@ class ExportPanel(QWidget):
             self.output.appendPlainText(str(data.get("message")))
         elif event.type == "artifact":
             self._artifact = str(data.get("path", ""))
+            self._next_step = str(data.get("next_step") or "")
 
     def _log(self, level: str, line: str) -> None:
         if level != "stderr":  # ours (a malformed line, a stop that escalates); stderr is chatter
@@ -232,15 +265,19 @@ class ExportPanel(QWidget):
             self.output.appendPlainText(f"— export {fmt} stopped")
         else:
             self.output.appendPlainText(f"— export {fmt} failed (exit code {code}); see the lines above")
+        if path and fmt in ("executorch", "merged-gguf"):
+            self._list_phone_exports()
         if fmt == "executorch" and path:
-            self.export_folder = Path(path)
-            self._update_push()
             self.refresh_devices()  # an export just made: the phone is the likely next step
         self.sig_export_finished.emit(fmt, code, path)
 
     def _push_finished(self, code: int, where: str) -> None:
         if where:
             self.output.appendPlainText(f"— pushed and verified: {where}")
+            landed = "\n".join(filter(None, [f"On the phone, checked: {where}", self._next_step]))
+            self.phone_label.setText(landed)
+            self.phone_label.setToolTip(landed)
+            self.phone_label.show()
         elif code == STOPPED_EXIT_CODE:
             self.output.appendPlainText("— push stopped")
         else:
@@ -297,10 +334,11 @@ class ExportPanel(QWidget):
         self._update_push()
 
     def _update_push(self) -> None:
-        ready = self.devices.currentData() is not None and self.export_folder is not None
+        ready = self.devices.currentData() is not None and self.push_choice.currentData() is not None
         self.push_button.setEnabled(ready and not self.is_running())
         self.push_button.setToolTip(
-            "" if ready else "needs an ExecuTorch export of this run and a connected phone")
+            "" if ready else "needs an ExecuTorch or merged GGUF export of this run and a "
+                             "connected phone")
 
     def _enable_buttons(self) -> None:
         running = self.is_running()

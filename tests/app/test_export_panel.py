@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import pytest
-from conftest import fake_engine, needs_adb, train_tiny_run
+from conftest import fake_engine, needs_adb, train_tiny_run, write_gguf
 from lora_runs import make_random_adapter, make_run
 
 pytest.importorskip("pytestqt")
@@ -164,10 +165,63 @@ def test_executorch_targets_and_push_needs_an_export_and_a_device(panel, tmp_pat
         "verification": {"prompts": 4, "positions": 200, "max_abs_diff": 2.5e-4,
                          "top1_agreement": 1.0}}))
     panel.set_run(tmp_path / "run")
-    assert panel.export_folder == export and panel.push_button.isEnabled()
+    assert panel.push_choice.currentData() == str(export) and panel.push_button.isEnabled()
     assert "max |Δlogit| 0.00025, top-1 agreement 100.0%" in panel.result_label.text()
     panel.devices.setCurrentIndex(1)  # the unauthorized one cannot take a push
     assert not panel.push_button.isEnabled()
+
+
+def test_the_phone_is_offered_executorch_exports_and_merged_gguf_models_not_adapters(panel,
+                                                                                     tmp_path):
+    export = tmp_path / "run" / "export"
+    export.mkdir(parents=True)
+    panel.set_run(tmp_path / "run")
+    assert panel.push_choice.currentData() is None and panel.push_choice.count() == 1
+    assert "no ExecuTorch or merged GGUF export" in panel.push_choice.currentText()
+    write_gguf(export / "adapter.gguf", "llama", kind="adapter")
+    (export / "executorch").mkdir()
+    (export / "executorch" / "metadata.json").write_text("{}")
+    for age, name in enumerate(("merged-q4_k_m.gguf", "merged-q8_0.gguf")):  # q8_0 the newest
+        write_gguf(export / name, "llama", kind="model")
+        os.utime(export / name, (time.time() + age, time.time() + age))
+    panel.set_run(tmp_path / "run")
+    choices = [(panel.push_choice.itemData(i), panel.push_choice.itemText(i))
+               for i in range(panel.push_choice.count())]
+    assert [Path(path).name for path, _ in choices] == \
+        ["merged-q8_0.gguf", "merged-q4_k_m.gguf", "executorch"]
+    assert choices[0][1].startswith("merged GGUF Q8_0, ") and \
+        choices[0][1].endswith("MiB → the phone's Download folder (PocketPal, ChatterUI)")
+    assert choices[2][1].startswith("ExecuTorch executorch → ")
+
+
+def test_a_merged_gguf_is_pushed_to_the_download_folder_and_the_next_step_shown(
+        panel, qtbot, tmp_path, fake_phone):
+    """The real engine's push, to tests/fake_adb.py's phone: the panel shows the bytes' percent,
+    where the model landed and what to open on the phone, from the artifact event."""
+    export = tmp_path / "run-7" / "export"
+    export.mkdir(parents=True)
+    write_gguf(export / "merged-q4_k_m.gguf", "llama", kind="model",
+               file_type=15)  # gguf.LlamaFileType.MOSTLY_Q4_K_M, as llama.cpp's quantiser writes
+    panel.set_run(tmp_path / "run-7")
+    panel.show_devices({"devices": [{"serial": "FAKE0001", "state": "device", "model": "Fake Phone",
+                                     "free_bytes": None, "ready": True}]})
+    assert panel.push_button.isEnabled() and not panel.phone_label.isVisible()
+    shown = []
+    panel.busy.valueChanged.connect(lambda value: shown.append(panel.busy.text()))
+    with qtbot.waitSignal(panel.sig_push_finished, timeout=60_000) as finished:
+        panel.push_button.click()
+    assert finished.args == [0, "FAKE0001:/sdcard/Download/run-7-Q4_K_M.gguf"], \
+        panel.output.toPlainText()
+    assert f"push {export / 'merged-q4_k_m.gguf'} --serial FAKE0001" in panel.output.toPlainText()
+    assert shown[-1] == "run-7-Q4_K_M.gguf 100% (all files 100%)"
+    assert panel.phone_label.isVisible()
+    landed = panel.phone_label.text()
+    assert landed.startswith("On the phone, checked: FAKE0001:/sdcard/Download/run-7-Q4_K_M.gguf\n")
+    assert "PocketPal → Models → + → Add Local Model → pick run-7-Q4_K_M.gguf from Download" in landed
+    assert (fake_phone / "sdcard" / "Download" / "run-7-Q4_K_M.gguf").read_bytes() == \
+        (export / "merged-q4_k_m.gguf").read_bytes()
+    panel.set_run(tmp_path)  # another run: the landing said is that run's no more
+    assert not panel.phone_label.isVisible()
 
 
 @needs_adb
@@ -191,7 +245,7 @@ def test_executorch_export_shows_stages_and_verification(panel, qtbot, tiny_mode
         panel.buttons["executorch"].click()
     fmt, code, path = finished.args
     assert (fmt, code) == ("executorch", 0), panel.output.toPlainText()[-3000:]
-    assert Path(path) == run / "export" / "executorch" == panel.export_folder
+    assert Path(path) == run / "export" / "executorch" == Path(panel.push_choice.currentData())
     assert [value for value, _ in stages] == [0, 1, 2, 3, 4, 5, 6]  # each stage's start, then done
     assert stages[4][1].startswith("stage 4/6: lower done in")
     text = panel.result_label.text()

@@ -52,22 +52,6 @@ def gguf_export(tmp_path) -> Path:
     return folder
 
 
-@pytest.fixture
-def fake_phone(tmp_path) -> tuple[dict[str, str], Path]:
-    """The environment that puts tests/fake_adb.py first on PATH as `adb`, and its storage."""
-    root = tmp_path / "phone"
-    for folder in ("sdcard/Download", "data/local/tmp"):
-        (root / folder).mkdir(parents=True)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "adb").write_text(f'#!/bin/sh\nexec "{sys.executable}" '
-                                 f'"{REPO / "tests" / "fake_adb.py"}" "$@"\n')
-    (bin_dir / "adb").chmod(0o755)
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-               FAKE_PHONE_ROOT=str(root))
-    return env, root
-
-
 def _events(stdout: str) -> list[tuple[str, dict]]:
     return [(event["type"], event["data"]) for event in map(json.loads, stdout.splitlines())]
 
@@ -276,8 +260,8 @@ def test_the_gguf_header_says_model_or_adapter_and_the_quantisation(gguf_export,
 
 
 def test_a_merged_gguf_lands_in_the_phones_download_folder_checked(gguf_export, fake_phone):
-    env, phone = fake_phone
-    result = _push(str(gguf_export), "--protocol", env=env)
+    phone = fake_phone
+    result = _push(str(gguf_export), "--protocol")
     assert result.returncode == 0, result.stderr
     events = _events(result.stdout)
     statuses = [data["state"] for kind, data in events if kind == "status"]
@@ -297,15 +281,15 @@ def test_a_merged_gguf_lands_in_the_phones_download_folder_checked(gguf_export, 
     assert sorted(p.name for p in landed.iterdir()) == ["run-7-Q4_K_M.gguf"]  # no staging left
     assert (landed / "run-7-Q4_K_M.gguf").read_bytes() == \
         (gguf_export / "merged-q4_k_m.gguf").read_bytes()
-    at_a_terminal = _push(str(gguf_export / "merged-q4_k_m.gguf"), env=env)
+    at_a_terminal = _push(str(gguf_export / "merged-q4_k_m.gguf"))
     assert at_a_terminal.returncode == 0
     assert at_a_terminal.stdout == "FAKE0001:/sdcard/Download/run-7-Q4_K_M.gguf\n"
     assert "On the phone: open PocketPal" in at_a_terminal.stderr
 
 
 def test_a_copy_that_differs_on_the_phone_is_refused_and_not_put_in_place(gguf_export, fake_phone):
-    env, phone = fake_phone
-    result = _push(str(gguf_export), env=dict(env, FAKE_PHONE_CORRUPT="1"))
+    phone = fake_phone
+    result = _push(str(gguf_export), env=dict(os.environ, FAKE_PHONE_CORRUPT="1"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "the files on FAKE0001 under /sdcard/Download/.edgetune-partial differ from the " \
         "export: run-7-Q4_K_M.gguf: sha256 differs" in result.stderr
@@ -313,8 +297,8 @@ def test_a_copy_that_differs_on_the_phone_is_refused_and_not_put_in_place(gguf_e
 
 
 def test_an_executorch_folder_still_lands_whole_in_its_own_folder(export_dir, fake_phone):
-    env, phone = fake_phone
-    result = _push(str(export_dir), "--protocol", env=env)
+    phone = fake_phone
+    result = _push(str(export_dir), "--protocol")
     assert result.returncode == 0, result.stderr
     artifact = next(data for kind, data in _events(result.stdout) if kind == "artifact")
     assert artifact == {"kind": "device", "path": "FAKE0001:/data/local/tmp/edgetune/run-7-executorch",
