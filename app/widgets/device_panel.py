@@ -162,7 +162,8 @@ class DevicePanel(QWidget):
 
     def _detected_key(self) -> str:
         wanted = self.hardware.accelerator or "cpu"
-        return next((k for k, p in self.profiles.items() if p.device == wanted),
+        # A profile that needs a CPU feature waits for the engine's probe to say it is there.
+        return next((k for k, p in self.profiles.items() if p.device == wanted and not p.requires),
                     next(iter(self.profiles), ""))
 
     @property

@@ -23,6 +23,13 @@ class Profile:
     threads: int
     memory_budget_gb: float
     description: str = ""
+    # A CPU feature the profile needs (engine.model.device.cpu_features()); detection picks a
+    # profile that needs one over a plain one for the same device when the machine has it.
+    requires: str = ""
+
+
+# What `requires` may name: "bf16", native bfloat16 matmuls (AVX512-BF16 or AMX).
+FEATURES = ("bf16",)
 
 
 def load_all(directory: Path = PROFILE_DIR) -> dict[str, Profile]:
@@ -41,7 +48,10 @@ def _read(path: Path) -> Profile:
     required = {f.name for f in fields if f.default is dataclasses.MISSING}
     if not isinstance(values, dict) or set(values) - {f.name for f in fields} or required - set(values):
         raise UserError(f"profile {path}: expected the fields {', '.join(f.name for f in fields)} "
-                        "(all but description required)")
+                        "(all but description and requires required)")
+    if values.get("requires", "") not in ("", *FEATURES):
+        raise UserError(f"profile {path}: requires is {values['requires']!r}; allowed: "
+                        f"{', '.join(FEATURES)} (or leave it out)")
     # The same choices and ranges as a run config, reported against the profile file.
     try:
         validate(TrainConfig(model="-", dataset="-", device=values["device"], dtype=values["dtype"],
@@ -51,14 +61,16 @@ def _read(path: Path) -> Profile:
     return Profile(key=path.stem, **values)
 
 
-def detect(available: list[str], directory: Path = PROFILE_DIR) -> Profile:
-    """The profile for the best device present (`available` from engine.model.device.available())."""
+def detect(available: list[str], features: list[str] = (), directory: Path = PROFILE_DIR) -> Profile:
+    """The profile for the best device present (`available` from engine.model.device.available()),
+    the one for a CPU feature present (`features`, from cpu_features()) before a plain one."""
     profiles = load_all(directory)
     for device in ("cuda", "mps", "cpu"):
         if device in available:
-            for profile in profiles.values():
-                if profile.device == device:
-                    return profile
+            usable = [p for p in profiles.values()
+                      if p.device == device and (not p.requires or p.requires in features)]
+            if usable:
+                return max(usable, key=lambda p: bool(p.requires))
     raise UserError(f"no profile in {directory} matches this machine ({', '.join(available)})")
 
 

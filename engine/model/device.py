@@ -16,6 +16,17 @@ def available() -> list[str]:
     return found
 
 
+def cpu_features() -> list[str]:
+    """CPU features the device profiles may require (engine.api.profiles.FEATURES): "bf16" where
+    oneDNN runs bfloat16 matmuls natively (AVX512-BF16, AMX), about twice as fast as float32
+    there (docs/convergence.md); elsewhere bfloat16 is emulated and slower than float32."""
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        native = False
+    return ["bf16"] if native else []
+
+
 def resolve(name: str) -> torch.device:
     """`auto` picks CUDA, then MPS, then CPU; an explicit device that is absent is an error."""
     present = available()

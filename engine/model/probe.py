@@ -31,7 +31,7 @@ def probe(reference: str) -> dict[str, Any]:
     config, source, chat, stored_dtype = _model_config(reference)
     shape = Shape.from_config(config)
     text = config.get("text_config") or config
-    profile = profiles.detect(device.available())
+    profile = profiles.detect(device.available(), device.cpu_features())
     defaults = TrainConfig(model=reference, dataset="-")
     estimates = {}
     for name in ("prge", "mezo", "fo"):

@@ -71,6 +71,11 @@ def test_memory_bar_sizes_a_long_sft_run_as_the_engine_does(make_window, qtbot, 
             for i in range(40)]  # every completion as long: the held-out split changes nothing
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     window = make_window()
+    # float32 whatever the CPU: the sizes below are a float32 base's (picked, so the probe's
+    # detection of a bf16 CPU leaves it).
+    combo = window.device.profile_combo
+    combo.setCurrentIndex(combo.findData("laptop-cpu"))
+    combo.activated.emit(combo.currentIndex())
     with qtbot.waitSignal(window.model_probe.sig_answered, timeout=PROBE_TIMEOUT_MS):
         _enter_model(window, str(tiny_model))  # the inspection then counts tokens
     for name, value in {"max_seq_len": 200, "batch_size": 4, "optimizer.q": 4, "steps": 1}.items():
@@ -133,7 +138,11 @@ def test_probe_summary_comes_from_the_engine(make_window, qtbot, tiny_model, tmp
     window = make_window()
     with qtbot.waitSignal(window.model_probe.sig_answered, timeout=PROBE_TIMEOUT_MS) as probed:
         _enter_model(window, str(tiny_model))
-    assert probed.args[0]["layers"] == 2 and probed.args[0]["profile"] == "laptop-cpu"
+    from engine.model.device import cpu_features
+
+    # The CPU profile this machine gets: bf16 where its CPU runs bf16 natively.
+    expected = "cpu-bf16" if "bf16" in cpu_features() else "laptop-cpu"
+    assert probed.args[0]["layers"] == 2 and probed.args[0]["profile"] == expected
     summary = window.model_summary.text()
     assert "LlamaForCausalLM" in summary and "context 256" in summary
     assert "GiB of 6.00 GiB budget" in window.device.bar.format()

@@ -48,7 +48,7 @@ def test_probe_reports_the_tiny_model(tiny_model):
     assert info["context_length"] == 256 and info["chat_template"] is True
     assert set(info["lora_targets"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                          "down_proj"}
-    assert info["profile"] == "laptop-cpu"
+    assert info["profile"] == ("cpu-bf16" if "bf16" in device.cpu_features() else "laptop-cpu")
     assert info["estimates"]["fo"]["total_bytes"] > info["estimates"]["mezo"]["total_bytes"]
 
 

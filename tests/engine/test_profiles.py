@@ -19,11 +19,21 @@ def test_bundled_profiles_cover_cpu_cuda_and_mps_with_a_budget_each():
     assert profiles.detect(["cpu", "mps"]).device == "mps"
 
 
+def test_a_cpu_with_native_bf16_gets_the_bf16_profile_and_others_float32():
+    assert profiles.detect(["cpu"]).key == "laptop-cpu"
+    assert profiles.detect(["cpu"]).dtype == "float32"
+    chosen = profiles.detect(["cpu"], ["bf16"])
+    assert (chosen.key, chosen.device, chosen.dtype) == ("cpu-bf16", "cpu", "bfloat16")
+    assert profiles.detect(["cpu", "cuda"], ["bf16"]).key == "nvidia-cuda"  # the GPU still wins
+
+
 @pytest.mark.parametrize("text, message", [
     ("name: x\ndevice: [cpu\n", "is not valid YAML"),
     ("name: x\ndevice: cpu\ndtype: float32\nthreads: 0\nmemory_budget_gb: 4\ncolour: red\n",
-     "expected the fields name, device, dtype, threads, memory_budget_gb, description"),
-    ("name: x\ndevice: cpu\n", "all but description required"),
+     "expected the fields name, device, dtype, threads, memory_budget_gb, description, requires"),
+    ("name: x\ndevice: cpu\n", "all but description and requires required"),
+    ("name: x\ndevice: cpu\ndtype: float32\nthreads: 0\nmemory_budget_gb: 4\nrequires: amx\n",
+     "requires is 'amx'; allowed: bf16"),
     ("name: x\ndevice: tpu\ndtype: float32\nthreads: 0\nmemory_budget_gb: 4\n",
      'config field "device" is \'tpu\'; allowed: auto, cpu, cuda, mps'),
     ("name: x\ndevice: cpu\ndtype: float32\nthreads: -2\nmemory_budget_gb: 4\n",
