@@ -35,7 +35,8 @@ def main(args: list[str]) -> int:
               "device:fake transport_id:1\n")
         return 0
     if args[0] == "shell":
-        return subprocess.run(on_this_machine(" ".join(args[1:])), shell=True).returncode
+        # adb shell hands its words to the phone's sh, as this does to the local one.
+        return subprocess.run(["sh", "-c", on_this_machine(" ".join(args[1:]))]).returncode
     if args[0] == "push":
         local, remote = Path(args[1]), args[2]
         copy = Path(on_this_machine(remote))

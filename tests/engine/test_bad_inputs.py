@@ -143,7 +143,7 @@ TOOL_CASES: list[tuple[str, Callable[[Ctx], list[str]], tuple[str, ...]]] = [
      lambda ctx: ["export", str(ctx.dir / "nowhere"), "--format", "gguf"],
      ("nowhere", "no such run folder", "output_dir")),
     ("push_a_folder_that_is_no_export", lambda ctx: ["push", str(ctx.dir)],
-     ("not an export folder", "--format executorch")),
+     ("not an export to push", "--format executorch")),
     ("chat_a_missing_model", lambda ctx: ["chat", str(ctx.dir / "absent.gguf"), "--prompt", "hi"],
      ("absent.gguf", "not found")),
     ("chat_protocol_a_missing_model",

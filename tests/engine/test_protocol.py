@@ -60,7 +60,7 @@ def test_probe_answers_with_a_result(tiny_model):
     (["inspect-dataset", "{tmp}/absent.jsonl"], "not found"),
     (["probe", "{tmp}/absent-model"], "absent-model"),
     (["export", "{tmp}", "--format", "gguf"], "no config.yaml"),
-    (["push", "{tmp}"], "not an export folder"),
+    (["push", "{tmp}"], "not an export to push"),
     (["chat", "{tmp}/absent.gguf"], "not found"),  # a session: it loads before any request
     (["train", "model={tmp}/absent", "dataset={tmp}/absent.jsonl", "output_dir={tmp}/run"],
      "absent"),
