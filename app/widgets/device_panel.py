@@ -28,7 +28,7 @@ from app.wheel_guard import wheel_only_when_focused
 from app.widgets.elided import ElidedProgressBar
 from engine.api import profiles
 from engine.api.config import TrainConfig, field_doc
-from engine.api.estimate import Shape, estimate, scored_columns, suggest
+from engine.api.estimate import Shape, estimate, replaced, scored_columns, suggest
 
 GIB = 2**30
 BAR_STEPS = 1000  # the bar's resolution: 0.1 % of the budget
@@ -123,6 +123,8 @@ class DevicePanel(QWidget):
         self.bar.setStyleSheet(BAR_STYLE.format(chunk=FITS_CHUNK))
         self._set_bar_text("estimate: pick a model")
         self.reason = QLabel("", wordWrap=True)
+        # Not a blocking reason: what the estimate says about the optimiser not chosen.
+        self.note = QLabel("", wordWrap=True, visible=False)
         layout = QFormLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addRow("This machine", self.hardware_label)
@@ -131,6 +133,7 @@ class DevicePanel(QWidget):
         layout.addRow(self.ram_warning)
         layout.addRow("Estimated peak", self.bar)
         layout.addRow(self.reason)
+        layout.addRow(self.note)
 
         saved = self.settings.value("device/profile", "")
         key = saved if saved in self.profiles else self._detected_key()
@@ -227,23 +230,39 @@ class DevicePanel(QWidget):
             self._set_bar_text("estimate: pick a model" if self.shape is None else
                                "estimate: fix the settings first")
             self._set_reason("")
+            self.note.setVisible(False)
             return
         dtype = resolved_dtype(profile)
         config, scored = self.sized(config)
         total = estimate(self.shape, config, dtype, scored).total_bytes
         self.estimate_bytes = total
         self.bar.setValue(min(BAR_STEPS, round(BAR_STEPS * total / budget_bytes)))
-        self._set_bar_text(f"{total / GIB:.2f} GiB of {self.budget.value():.2f} GiB budget")
+        budget = f"{self.budget.value():.2f} GiB budget"
+        self._set_bar_text(f"{total / GIB:.2f} GiB of {budget}")
         fits = total <= budget_bytes
         self.bar.setStyleSheet(BAR_STYLE.format(chunk=FITS_CHUNK if fits else OVER_CHUNK))
+        first_order, forward_only = (
+            estimate(self.shape, replaced(config, optimizer={"name": name}), dtype, scored).total_bytes
+            for name in ("fo", "prge"))
+        # The case P-RGE is for: backprop keeps every layer's activations, P-RGE's passes none.
+        only_prge_fits = first_order > budget_bytes >= forward_only
+        chosen = config.optimizer.name
+        self.note.setText(f"First-order (fo) would need about {first_order / GIB:.2f} GiB, over the "
+                          f"{budget}: P-RGE trains this model here, first-order does not."
+                          if fits and only_prge_fits and chosen == "prge" else "")
+        self.note.setVisible(bool(self.note.text()))
         if fits:
             self._set_reason("")
             return
         options = suggest(self.shape, config, budget_bytes, dtype, scored)
         hint = (f"settings that fit: {', '.join(options)}" if options else
                 "no smaller q, batch or sequence length fits: pick a smaller model or raise the budget")
-        self._set_reason(f"Needs about {total / GIB:.2f} GiB, over the {self.budget.value():.2f} GiB "
-                         f"budget; {hint}.")
+        if chosen == "fo" and only_prge_fits:
+            self._set_reason(f"First-order (fo) needs about {total / GIB:.2f} GiB, over the {budget}: "
+                             "its backward pass keeps every layer's activations. P-RGE (forward "
+                             f"passes only) fits in about {forward_only / GIB:.2f} GiB; {hint}.")
+            return
+        self._set_reason(f"Needs about {total / GIB:.2f} GiB, over the {budget}; {hint}.")
 
     def _set_bar_text(self, text: str) -> None:
         self.bar.setFormat(text)

@@ -72,10 +72,13 @@ class Shape:
 
     def weights_bytes(self, dtype: str) -> int:
         if dtype == "int8":
-            # Projections int8 (plus a float32 scale per output row); embeddings, the output
-            # head and the norms stay float32.
-            rows = self.layers * sum(o for _, o in self.projection_shapes().values())
-            return self.linear_parameters() + 4 * rows + 4 * (self.parameters() - self.linear_parameters())
+            # engine.model.loading.quantize_int8: the projections, the embedding and the output
+            # head (one table when tied) in one byte per weight plus a float32 scale per output
+            # row; the norms stay float32.
+            tables = self.vocab * (1 if self.tied_embeddings else 2)
+            rows = self.layers * sum(o for _, o in self.projection_shapes().values()) + tables
+            quantized = self.linear_parameters() + tables * self.hidden
+            return quantized + 4 * rows + 4 * (self.parameters() - quantized)
         return self.parameters() * DTYPE_BYTES.get(dtype, 4)
 
 
@@ -173,6 +176,13 @@ def estimate(shape: Shape, config: TrainConfig, dtype: str = "float32",
     return Estimate(RUNTIME_BYTES, shape.weights_bytes(dtype), adapter, activations, optimizer)
 
 
+def inference(shape: Shape, rows: int, config: TrainConfig, dtype: str = "float32") -> Estimate:
+    """Peak memory of plain forwards over `rows` rows of `config.max_seq_len` tokens, no adapter:
+    the floor every optimiser's peak is compared with."""
+    activations = forward_bytes(shape, rows, config, DTYPE_BYTES.get(dtype, 4))
+    return Estimate(RUNTIME_BYTES, shape.weights_bytes(dtype), 0, activations, 0)
+
+
 def fits(shape: Shape, config: TrainConfig, budget_bytes: int, dtype: str = "float32",
          scored_tokens: int | None = None) -> bool:
     return estimate(shape, config, dtype, scored_tokens).total_bytes <= budget_bytes
@@ -183,17 +193,20 @@ def suggest(shape: Shape, config: TrainConfig, budget_bytes: int, dtype: str = "
     """Single changes (as key=value) that bring the estimate under the budget, cheapest first."""
     candidates: list[tuple[str, TrainConfig]] = []
     opt = config.optimizer
+    if opt.name == "fo":
+        # Forward passes only: no layer's activations kept for a backward pass.
+        candidates.append(("optimizer.name=prge", replaced(config, optimizer={"name": "prge"})))
     if opt.name == "prge" and opt.mode == "dual":
-        candidates.append(("optimizer.mode=single", _with(config, optimizer={"mode": "single"})))
+        candidates.append(("optimizer.mode=single", replaced(config, optimizer={"mode": "single"})))
     for q in (opt.q // 2, opt.q // 4, 1):
         if 1 <= q < opt.q:
-            candidates.append((f"optimizer.q={q}", _with(config, optimizer={"q": q})))
+            candidates.append((f"optimizer.q={q}", replaced(config, optimizer={"q": q})))
     for b in (config.batch_size // 2, 1):
         if 1 <= b < config.batch_size:
-            candidates.append((f"batch_size={b}", _with(config, batch_size=b)))
+            candidates.append((f"batch_size={b}", replaced(config, batch_size=b)))
     for length in (config.max_seq_len // 2, config.max_seq_len // 4):
         if length >= 8:
-            candidates.append((f"max_seq_len={length}", _with(config, max_seq_len=length)))
+            candidates.append((f"max_seq_len={length}", replaced(config, max_seq_len=length)))
     seen, result = set(), []
     for text, candidate in candidates:
         if text not in seen and fits(shape, candidate, budget_bytes, dtype, scored_tokens):
@@ -202,6 +215,7 @@ def suggest(shape: Shape, config: TrainConfig, budget_bytes: int, dtype: str = "
     return result
 
 
-def _with(config: TrainConfig, optimizer: dict | None = None, **fields: Any) -> TrainConfig:
+def replaced(config: TrainConfig, optimizer: dict | None = None, **fields: Any) -> TrainConfig:
+    """`config` with some fields changed, the optimizer's given as a dict of its own fields."""
     new_optimizer = dataclasses.replace(config.optimizer, **(optimizer or {}))
     return dataclasses.replace(config, optimizer=new_optimizer, **fields)

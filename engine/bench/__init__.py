@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default="default",
-                       help="model reference (default: SmolLM2-135M) or 'tiny' (random 2-layer Llama)")
+                       help="model reference (default: SmolLM2-135M) or a random-init shape of "
+                            "engine/model/tiny.py: tiny (2-layer Llama), llama-3.2-1b, gemma-3-270m")
         p.add_argument("--threads", type=int, default=2, help="torch threads, pinned (default 2)")
         p.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON results")
         p.add_argument("--plots", type=Path, default=DOCS, help="folder for the PNG plots")
@@ -80,11 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--q", type=int, default=4)
     p.add_argument("--b", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--seq-len", type=int, nargs="+", default=[32], help="tokens per row, each measured")
     p.add_argument("--steps", type=int, default=3, help="steps (forwards for inference) per process")
-    from engine.bench.memory import VARIANTS
+    from engine.bench.memory import DTYPES, VARIANTS
 
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
+    p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=DTYPES[:1],
+                   help="base precisions to measure (the config field dtype; θ stays float32)")
+    p.add_argument("--reestimate", type=Path, metavar="RESULT",
+                   help="measure nothing: redo RESULT's estimates with engine/api/estimate.py as it is now")
 
     p = sub.add_parser("accuracy", help="SST-2 accuracy against steps and seconds")
     common(p)
@@ -185,8 +190,17 @@ def main(argv: list[str]) -> int:
     elif args.what == "memory":
         from engine.bench import memory
 
+        if args.reestimate:
+            from engine.bench.common import read_json
+            from engine.bench.report import summary
+
+            path = write_json(memory.reestimate(read_json(args.reestimate)), args.reestimate)
+            print(summary(read_json(path)))
+            print(f"results: {path}")
+            return 0
+        target = args.results / f"memory{suffix}.json"
         record = memory.run(args.model, args.q, args.b, args.seq_len, args.steps, args.threads,
-                            args.variants)
+                            args.variants, args.dtypes, save=lambda partial: write_json(partial, target))
     else:
         from engine.bench import speed
 

@@ -59,7 +59,7 @@ def environment(threads: int) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "git_revision": _git_revision(),
+        "git_revision": git_revision(),
         "load_average_at_start": list(os.getloadavg()),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
@@ -81,7 +81,7 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _git_revision() -> str:
+def git_revision() -> str:
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=10)
@@ -93,8 +93,9 @@ def _git_revision() -> str:
 
 
 def model_label(reference: str) -> str:
-    return {"default": "SmolLM2-135M-Instruct", "tiny": "tiny Llama (2 layers, 64 wide)"}.get(
-        reference, reference)
+    return {"default": "SmolLM2-135M-Instruct", "tiny": "tiny Llama (2 layers, 64 wide)",
+            "llama-3.2-1b": "Llama-3.2-1B's shape (random init)",
+            "gemma-3-270m": "Gemma-3-270M's shape (random init)"}.get(reference, reference)
 
 
 def write_json(record: dict, path: Path) -> Path:

@@ -119,14 +119,30 @@ def _accuracy(record: dict, target: Path) -> None:
 
 
 def _memory(record: dict, target: Path) -> None:
+    """Peak RSS against tokens per row, one panel per base dtype, the estimate dashed."""
     import matplotlib.pyplot as plt
 
-    fig, axis = plt.subplots(figsize=(6, 4))
-    names = [v["variant"] for v in record["variants"]]
-    axis.bar(names, [v["peak_rss_bytes"] / 2**20 for v in record["variants"]], label="peak RSS")
-    axis.bar(names, [v["rss_after_load_bytes"] / 2**20 for v in record["variants"]], color="grey",
-             alpha=0.6, label="RSS after model load")
-    axis.set(ylabel="MiB", title=f"peak memory, {model_label(record['model'])}\n"
-             f"q={record['q']} b={record['b']}, {record['seq_len']} tokens/row")
-    axis.legend()
+    dtypes = list(dict.fromkeys(p["dtype"] for p in record["points"]))
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(4.5 * len(dtypes), 4), sharey=True,
+                             squeeze=False)
+    for axis, dtype in zip(axes[0], dtypes, strict=True):
+        points = [p for p in record["points"] if p["dtype"] == dtype]
+        lengths = [p["seq_len"] for p in points]
+        for i, variant in enumerate(v["variant"] for v in points[0]["variants"]):
+            color = f"C{i}"
+            axis.plot(lengths, [_peak(p, variant) / 2**30 for p in points], "o-", color=color,
+                      label=variant)
+            if all(variant in p["estimate"] for p in points):
+                axis.plot(lengths, [p["estimate"][variant] / 2**30 for p in points], "--",
+                          color=color, alpha=0.6)
+        weights = points[0]["variants"][0]["weights_bytes"] / 2**30
+        axis.axhline(weights, color="grey", lw=0.8)
+        axis.set(xlabel="tokens per row", title=f"{dtype} base (grey: its weights)")
+    axes[0][0].set_ylabel("peak RSS, GiB (dashed: engine/api/estimate.py)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(f"peak memory, {model_label(record['model'])}, q={record['q']} b={record['b']}")
     _save(fig, target)
+
+
+def _peak(point: dict, variant: str) -> int:
+    return next(v["peak_rss_bytes"] for v in point["variants"] if v["variant"] == variant)

@@ -73,17 +73,21 @@ def _accuracy(record: dict) -> list[str]:
 
 
 def _memory(record: dict) -> list[str]:
-    lines = [f"\nq={record['q']} b={record['b']} seq_len {record['seq_len']}, {record['steps']} steps "
-             "per fresh process: variant | RSS after load MiB | peak RSS MiB"]
-    for v in record["variants"]:
-        lines.append(f"  {v['variant']} | {v['rss_after_load_bytes'] / 2**20:.0f} | "
-                     f"{v['peak_rss_bytes'] / 2**20:.0f}")
-    for key, label in (("prge_dual_over_inference", "prge dual / inference"),
-                       ("fo_over_prge_dual", "fo / prge dual")):
-        if record[key] is not None:
-            lines.append(f"  {label}: {record[key]:.3f}")
-    for variant, predicted in (record["estimate"] or {}).items():
-        lines.append(f"  engine/estimate.py predicts {variant}: {predicted / 2**20:.0f} MiB")
+    lines = [f"\nq={record['q']} b={record['b']}, {record['steps']} steps per fresh process; peaks "
+             "from the end of the model load: dtype | tokens | variant | weights MiB | load peak "
+             "MiB | peak RSS MiB | estimate MiB | error"]
+    for point in record["points"]:
+        for v in point["variants"]:
+            predicted = point["estimate"].get(v["variant"])
+            lines.append(f"  {point['dtype']} | {point['seq_len']} | {v['variant']} | "
+                         f"{v['weights_bytes'] / 2**20:.0f} | {v['load_peak_rss_bytes'] / 2**20:.0f} | "
+                         f"{v['peak_rss_bytes'] / 2**20:.0f} | "
+                         + (f"{predicted / 2**20:.0f} | {point['estimate_error'][v['variant']]:+.1%}"
+                            if predicted else "— | —"))
+        for key, label in (("prge_dual_over_inference", "prge dual / inference"),
+                           ("fo_over_prge_dual_above_weights", "fo / prge dual above the weights")):
+            if point[key] is not None:
+                lines.append(f"  {point['dtype']} {point['seq_len']} tokens, {label}: {point[key]:.2f}")
     return lines
 
 

@@ -13,28 +13,43 @@ import torch
 
 from engine.api.config import LoraConfig, OptimizerConfig
 from engine.bench.common import environment, finish, interleaved
+from engine.model import device as devices
 from engine.model import loading as models
+from engine.model.tiny import SHAPES, random_model, shape_config
 from engine.train import lora as engine_lora
 from engine.train import optim as engine_optim
 from engine.train.objective import Batch, Objective
 
 LABEL_WORDS = [" terrible", " great"]
-# The shape of the test suite's tiny Llama (tests/conftest.py), with SmolLM2's tokenizer.
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
 
 
-def load(reference: str):
-    """(model, tokenizer) on the CPU in float32; `tiny` is a random-init 2-layer Llama."""
-    if reference != "tiny":
-        loaded = models.load(reference, torch.device("cpu"), torch.float32)
-        return loaded.model, loaded.tokenizer
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def load(reference: str, dtype: str = "float32"):
+    """(model, tokenizer) on the CPU with a `dtype` base (float32 | bfloat16 | int8: weight-only,
+    computing in float32, as the trainer makes it); a name of engine.model.tiny.SHAPES (`tiny`:
+    the test suite's 2-layer Llama) is a random-init model of that shape, with SmolLM2's
+    tokenizer."""
+    compute = devices.resolve_dtype(dtype, torch.device("cpu"))
+    if reference in SHAPES:
+        from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(models.local_folder("default")))
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), **TINY)
-    return LlamaForCausalLM(config).eval(), tokenizer
+        tokenizer = AutoTokenizer.from_pretrained(str(models.local_folder("default")))
+        model = random_model(reference, len(tokenizer), compute)
+    else:
+        loaded = models.load(reference, torch.device("cpu"), compute)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    if dtype == "int8":
+        models.quantize_int8(model)
+    return model, tokenizer
+
+
+def model_config(reference: str) -> dict:
+    """The config.json fields of what `load(reference)` builds (the memory estimate's input)."""
+    if reference in SHAPES:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(models.local_folder("default")))
+        return shape_config(reference, len(tokenizer)).to_dict()
+    return models.read_config(models.local_folder(reference))
 
 
 def synthetic_batch(rows: int, seq_len: int, vocab: int, seed: int = 0) -> Batch:

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 
 from engine.api.errors import UserError
 from engine.files import file_hash
+from engine.model import memory
 
 log = logging.getLogger(__name__)
 
@@ -269,18 +270,30 @@ def load(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
-    head = model.get_output_embeddings()
-    if head is not None:
-        head.register_forward_pre_hook(_contiguous_input)
+    contiguous_head_input(model)
     return LoadedModel(model=model, tokenizer=tokenizer, folder=folder, reference=reference)
 
 
-def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
-    # `logits_to_keep` hands the output projection a strided view of the last columns. With
-    # frozen weights torch's matmul then broadcasts the weight over the rows and runs a bmm that
-    # reads the whole vocabulary matrix once per row (786 ms instead of 136 ms for 32 rows of
-    # SmolLM2-135M on one CPU thread); a contiguous input keeps it one GEMM.
-    return (args[0].contiguous(), *args[1:])
+def contiguous_head_input(model: torch.nn.Module) -> None:
+    """Hand the output head a row-major input. `logits_to_keep` gives it a strided view of the
+    last columns; with frozen weights torch's matmul then broadcasts the weight over the rows
+    and runs a bmm that reads the whole vocabulary matrix once per row (786 ms instead of 136 ms
+    for 32 rows of SmolLM2-135M on one CPU thread) and, in bfloat16, copies it once per row
+    (Gemma-3-270M: 320 MiB per row); a row-major input keeps it one GEMM."""
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(lambda module, args: (row_major(args[0]), *args[1:]))
+
+
+def row_major(x: torch.Tensor) -> torch.Tensor:
+    """`x` with the strides of a fresh tensor of its shape, copied only when it has others.
+    contiguous() is not enough: it keeps a size-1 dimension's stride (a one-row batch's last
+    column), which sends matmul down the broadcasting path all the same."""
+    stride, expected = 1, []
+    for size in reversed(x.shape):
+        expected.append(stride)
+        stride *= size
+    return x if x.stride() == tuple(reversed(expected)) else x.clone(memory_format=torch.contiguous_format)
 
 
 def context_length(model: torch.nn.Module) -> int | None:
@@ -288,17 +301,124 @@ def context_length(model: torch.nn.Module) -> int | None:
 
 
 def quantize_int8(model: torch.nn.Module) -> int:
-    """Weight-only int8 for every projection of the decoder blocks, in place (torchao); the
-    embeddings and the output head, often tied to them, stay as they are. Returns the count."""
-    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    """Weight-only int8 for the frozen base, in place: every projection of the decoder blocks,
+    the token embedding and the output head (one int8 table when they are tied), symmetric with
+    one float32 scale per output row (torchao's Int8Tensor rounding). Activations, and the LoRA
+    θ, stay in the compute dtype. Returns how many projections were quantised."""
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    projections = [(name, module) for name, module in model.named_modules()
+                   if type(module) is torch.nn.Linear and module is not head]
+    for name, module in projections:
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, Int8Linear(module))
+    # The embedding of a large vocabulary is the biggest single tensor (Llama-3.2-1B's 128256 ×
+    # 2048 is 1 GiB in float32, a quarter of its weights).
+    table = _int8_rows(embedding.weight)
+    model.set_input_embeddings(Int8Embedding(table, getattr(embedding, "embed_scale", None)))
+    if head is not None:
+        tied = head.weight is embedding.weight
+        model.set_output_embeddings(Int8Head(table if tied else _int8_rows(head.weight)))
+    # transformers maps a float32 checkpoint's file and hands out views into it: the float
+    # weights left (the norms) would keep the whole mapping, its pages all read by the
+    # quantisation, resident (SmolLM2: 513 MiB beside 129 MiB of int8 weights).
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if not hasattr(parameter, "qdata"):
+                parameter.data = parameter.data.clone()
+    memory.trim_heap()
+    return len(projections)
 
-    head = model.get_output_embeddings()
-    chosen = [0]
 
-    def is_projection(module: torch.nn.Module, name: str) -> bool:
-        pick = isinstance(module, torch.nn.Linear) and module is not head
-        chosen[0] += pick
-        return pick
+# How much of an int8 weight is dequantised at a time, forward and backward: a float copy of a
+# whole output head (1 GiB for Llama-3.2-1B's vocabulary) would otherwise exist per forward.
+DEQUANTIZED_CHUNK_BYTES = 32 * 2**20
 
-    quantize_(model, Int8WeightOnlyConfig(), filter_fn=is_projection)
-    return chosen[0]
+
+def _int8_rows(weight: torch.Tensor) -> torch.nn.Parameter:
+    """A (rows, width) float weight as int8 with one float32 scale per row (torchao's Int8Tensor:
+    qdata, scale; its dtype is the float dtype it computes in)."""
+    from torchao.quantization import PerRow
+    from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
+
+    return torch.nn.Parameter(Int8Tensor.from_hp(weight.detach(), PerRow()), requires_grad=False)
+
+
+class Int8Linear(torch.nn.Linear):
+    """A projection over an int8 weight (still an nn.Linear: LoRA adapts it like any other).
+    torchao's own Int8Tensor linear runs as a float matmul on a float copy of the whole weight,
+    which autograd then keeps for the backward pass: first-order training on an int8 base held a
+    float32 copy of every projection."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                         device="meta")
+        self.weight = _int8_rows(linear.weight)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = _Int8Matmul.apply(x, self.weight.qdata, self.weight.scale)
+        return out if self.bias is None else out + self.bias
+
+
+class Int8Embedding(torch.nn.Module):
+    """Token embedding over an int8 table: only the rows looked up are dequantised (torchao's
+    Int8Tensor dequantises the whole table for every lookup)."""
+
+    def __init__(self, weight: torch.nn.Parameter, embed_scale: torch.Tensor | None) -> None:
+        super().__init__()
+        self.weight = weight
+        # Gemma's embedding multiplies by sqrt(hidden); a plain embedding has no scale.
+        self.embed_scale = None if embed_scale is None else float(embed_scale)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        table = self.weight
+        rows = table.qdata[input_ids].to(table.dtype) * table.scale[input_ids].to(table.dtype)
+        return rows if self.embed_scale is None else rows * self.embed_scale
+
+
+class Int8Head(torch.nn.Module):
+    """Output head over an int8 table, often the embedding's own."""
+
+    def __init__(self, weight: torch.nn.Parameter) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return _Int8Matmul.apply(hidden, self.weight.qdata, self.weight.scale)
+
+
+class _Int8Matmul(torch.autograd.Function):
+    """x @ (qdata · scale)ᵀ, dequantising a chunk of rows at a time; the backward pass
+    dequantises them again instead of keeping them."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(qdata, scale)
+        # A strided input (the head's, under logits_to_keep) would make the matmul broadcast the
+        # weight over the rows; see contiguous_head_input. The result must be no view of another
+        # tensor: LoRA adds its update to the output in place.
+        x = row_major(x)
+        chunks = _chunks(qdata)
+        if len(chunks) == 1:
+            return x @ _dequantized(qdata, scale, x.dtype).t()
+        out = x.new_empty(*x.shape[:-1], qdata.shape[0])
+        for rows in chunks:
+            out[..., rows] = x @ _dequantized(qdata[rows], scale[rows], x.dtype).t()
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        qdata, scale = ctx.saved_tensors
+        grad_x = grad.new_zeros(*grad.shape[:-1], qdata.shape[1])
+        for rows in _chunks(qdata):
+            grad_x += grad[..., rows] @ _dequantized(qdata[rows], scale[rows], grad.dtype)
+        return grad_x, None, None
+
+
+def _dequantized(qdata: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return qdata.to(dtype).mul_(scale.to(dtype))
+
+
+def _chunks(qdata: torch.Tensor) -> list[slice]:
+    step = max(1, DEQUANTIZED_CHUNK_BYTES // (4 * qdata.shape[1]))
+    return [slice(start, start + step) for start in range(0, qdata.shape[0], step)]

@@ -1,8 +1,10 @@
-"""A tiny random-init Llama (2 layers, 64 wide, 512-token byte-level BPE) written to a folder.
+"""Random-init models: the tiny test Llama written to a folder, and public models' shapes in memory.
 
-One way to make it for the tests and the app's `--smoke` check:
-`python -m engine make-tiny-model DIR [--seed N]`. No network: the tokenizer is trained here on
-the bundled demo reviews, the model is built from a config and saved with save_pretrained.
+The tiny model (2 layers, 64 wide, 512-token byte-level BPE) is what the tests and the app's
+`--smoke` check use: `python -m engine make-tiny-model DIR [--seed N]`. No network: the tokenizer
+is trained here on the bundled demo reviews, the model is built from a config and saved with
+save_pretrained. The benchmarks build `SHAPES` in memory (`random_model`): memory and speed
+depend on a model's sizes, not on its weights' values, so no download is needed to measure them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,48 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+# config.json fields that memory and speed depend on (model_type first). The public models' values
+# are their own config.json's; the vocabulary stays theirs even where the benchmark's tokenizer
+# (SmolLM2's) is smaller: the embedding and the output head are a large part of the memory.
+SHAPES: dict[str, dict] = {
+    "tiny": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                 tie_word_embeddings=True),
+    "llama-3.2-1b": dict(model_type="llama", vocab_size=128256, hidden_size=2048,
+                         intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
+                         rms_norm_eps=1e-5, tie_word_embeddings=True),
+    "gemma-3-270m": dict(model_type="gemma3_text", vocab_size=262144, hidden_size=640,
+                         intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
+                         num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256,
+                         sliding_window=512, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                         tie_word_embeddings=True),
+}
+
+
+def shape_config(shape: str, tokenizer_vocab: int, **overrides):
+    """The transformers config of `shape`, its vocabulary the tokenizer's where the shape names
+    none (tiny); `overrides` are config fields (a smaller model of the same family: the tests)."""
+    from transformers import AutoConfig
+
+    values = {"vocab_size": tokenizer_vocab, **SHAPES[shape], **overrides}
+    return AutoConfig.for_model(values.pop("model_type"), **values)
+
+
+def random_model(shape: str, tokenizer_vocab: int, dtype, seed: int = 0, **overrides):
+    """A random-init causal LM of `shape` (see shape_config), built directly in `dtype`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from engine.model.loading import contiguous_head_input
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(shape_config(shape, tokenizer_vocab, **overrides),
+                                             dtype=dtype).eval()
+    contiguous_head_input(model)  # as engine.model.loading.load does
+    return model
 
 
 def make_tokenizer(folder: Path):
@@ -53,19 +97,9 @@ def make_tiny_llama(folder: Path, seed: int = 0, **overrides) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = make_tokenizer(folder)
-    values = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    values = {key: value for key, value in SHAPES["tiny"].items() if key != "model_type"}
+    values.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     values.update(overrides)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(**values))

@@ -172,3 +172,42 @@ def test_recent_models_menu(make_window, tiny_model):
     assert window.device.estimate_bytes is not None  # sized from its config.json at once
     assert window.model_probe.is_running()  # picking from the menu is a request: probe
     window.model_probe.kill()
+
+
+def test_over_budget_first_order_names_prge_that_fits(make_window, classification_data, tmp_path):
+    """Llama-3.2-1B's shape (its config.json is all the estimate reads) on an 8 GiB laptop:
+    first-order LoRA's saved activations do not fit and P-RGE's forward passes do, and the
+    window says so before Start, whichever of the two is chosen."""
+    from engine.api.estimate import estimate, replaced
+    from engine.model.tiny import SHAPES
+
+    folder = tmp_path / "llama-3.2-1b-shape"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(SHAPES["llama-3.2-1b"]))
+    window = make_window()
+    window.dataset_edit.setText(str(classification_data))
+    window.model_edit.setText(str(folder))  # typed: sized from config.json, no probe yet
+    for name, value in {"max_seq_len": 512, "batch_size": 2}.items():
+        window.form.widgets[name].setValue(value)
+    window.form.widgets["task"].setCurrentText("classification")
+    device = window.device
+    device.budget.setValue(8.0)
+    window.form.widgets["optimizer.name"].setCurrentText("fo")
+    config, _ = device.sized(window.form.config())
+    first_order = estimate(device.shape, config).total_bytes
+    forward_only = estimate(device.shape, replaced(config, optimizer={"name": "prge"})).total_bytes
+    assert first_order > 8 * 2**30 >= forward_only  # the case this test is about
+
+    assert not window.start_button.isEnabled()
+    reason = window.start_button.toolTip()
+    assert f"First-order (fo) needs about {first_order / 2**30:.2f} GiB, over the 8.00 GiB" in reason
+    assert f"P-RGE (forward passes only) fits in about {forward_only / 2**30:.2f} GiB" in reason
+    assert "settings that fit: optimizer.name=prge" in reason and not device.note.isVisible()
+
+    window.form.widgets["optimizer.name"].setCurrentText("prge")
+    assert window.start_button.isEnabled() and device.blocking_reason == ""
+    assert device.note.isVisible() and device.note.text() == (
+        f"First-order (fo) would need about {first_order / 2**30:.2f} GiB, over the 8.00 GiB "
+        "budget: P-RGE trains this model here, first-order does not.")
+    device.budget.setValue(24.0)  # room for both: nothing to say
+    assert not device.note.isVisible()

@@ -139,17 +139,41 @@ def test_bad_sst2_file_names_the_line(tiny_model, tmp_path):
 
 def test_memory_measures_each_variant_in_its_own_process(tiny_model, tmp_path):
     assert main(["memory", *_common(tiny_model, tmp_path), "--q", "2", "--b", "1", "--seq-len", "8",
-                 "--steps", "1", "--variants", "inference", "prge dual"]) == 0
+                 "12", "--steps", "1", "--variants", "inference", "prge dual", "--dtypes", "float32",
+                 "int8"]) == 0
     record = json.loads((tmp_path / "results" / "memory.json").read_text())
-    assert [v["variant"] for v in record["variants"]] == ["inference", "prge dual"]
+    assert [(p["dtype"], p["seq_len"]) for p in record["points"]] == [
+        ("float32", 8), ("float32", 12), ("int8", 8), ("int8", 12)]
     pids = set()
-    for v in record["variants"]:
-        assert v["peak_rss_bytes"] >= v["rss_after_load_bytes"] > 0
-        pids.add(v["pid"])
-    assert len(pids) == 2
-    assert record["prge_dual_over_inference"] > 0
-    assert record["fo_over_prge_dual"] is None  # fo was not measured
+    for point in record["points"]:
+        assert [v["variant"] for v in point["variants"]] == ["inference", "prge dual"]
+        for v in point["variants"]:
+            # The peak is the steps' own: the mark starts afresh after the load.
+            assert v["peak_since_load"] and v["peak_rss_bytes"] >= v["rss_after_load_bytes"] > 0
+            assert v["load_peak_rss_bytes"] >= v["rss_after_load_bytes"] > v["weights_bytes"] > 0
+            pids.add(v["pid"])
+        assert point["prge_dual_over_inference"] > 0
+        assert point["fo_over_prge_dual"] is None  # fo was not measured
+        assert set(point["estimate"]) == {"inference", "prge dual"}
+        for variant, error in point["estimate_error"].items():
+            peak = next(v["peak_rss_bytes"] for v in point["variants"] if v["variant"] == variant)
+            assert error == pytest.approx(point["estimate"][variant] / peak - 1)
+    assert len(pids) == 8
+    weights = {p["dtype"]: p["variants"][0]["weights_bytes"] for p in record["points"]}
+    assert weights["int8"] < weights["float32"] / 2
     assert (tmp_path / "plots" / "bench-memory.png").exists()
+
+    # --reestimate redoes the arithmetic over the measured points and measures nothing.
+    path = tmp_path / "results" / "memory.json"
+    stale = json.loads(path.read_text())
+    for point in stale["points"]:
+        point["estimate"] = {v: 1 for v in point["estimate"]}
+    path.write_text(json.dumps(stale))
+    assert main(["memory", "--reestimate", str(path)]) == 0
+    again = json.loads(path.read_text())
+    assert [p["estimate"] for p in again["points"]] == [p["estimate"] for p in record["points"]]
+    assert [p["variants"] for p in again["points"]] == [p["variants"] for p in record["points"]]
+    assert again["estimate_revision"]
 
 
 # 75 s (it lowers a training program): the default suite stays under 15 minutes on 2 cores;
