@@ -163,11 +163,10 @@ def _load_config(args: argparse.Namespace):
     from engine.api import config as config_io
 
     if args.demo:
-        from engine.api import profiles
         from engine.model import device
 
         # The base precision the window would pick on this machine (bf16 where it is native).
-        dtype = profiles.detect(device.available(), device.cpu_features()).dtype
+        dtype = device.detected_profile().dtype
         overrides = [f"output_dir=runs/demo-{time.strftime('%Y%m%d-%H%M%S')}", f"dtype={dtype}",
                      *args.overrides]
         return config_io.load(DEMO_CONFIG, overrides)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def _read(path: Path) -> Profile:
     return Profile(key=path.stem, **values)
 
 
-def detect(available: list[str], features: list[str] = (), directory: Path = PROFILE_DIR) -> Profile:
+def detect(available: Sequence[str], features: Sequence[str] = (),
+           directory: Path = PROFILE_DIR) -> Profile:
     """The profile for the best device present (`available` from engine.model.device.available()),
     the one for a CPU feature present (`features`, from cpu_features()) before a plain one."""
     profiles = load_all(directory)

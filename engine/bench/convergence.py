@@ -46,8 +46,6 @@ VARIANTS = {
     "+ one-sided q=7": [*TODAY, "optimizer.estimator=one-sided", "optimizer.q=7"],
     "+ rademacher": [*TODAY, "optimizer.directions=rademacher"],
     "+ bf16 base": [*TODAY, "dtype=bfloat16"],
-    "one-sided q=7 rademacher cosine": [*TODAY, "optimizer.estimator=one-sided", "optimizer.q=7",
-                                        "optimizer.directions=rademacher", "optimizer.schedule=cosine"],
     "one-sided q=7 rademacher cosine bf16": [*TODAY, "optimizer.estimator=one-sided", "optimizer.q=7",
                                              "optimizer.directions=rademacher",
                                              "optimizer.schedule=cosine", "dtype=bfloat16"],

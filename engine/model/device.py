@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.api import profiles
 from engine.api.errors import UserError
 
 
@@ -25,6 +26,11 @@ def cpu_features() -> list[str]:
     except (AttributeError, RuntimeError):  # a build without oneDNN
         native = False
     return ["bf16"] if native else []
+
+
+def detected_profile() -> profiles.Profile:
+    """The device profile for this machine: its best device, and its CPU's features."""
+    return profiles.detect(available(), cpu_features())
 
 
 def resolve(name: str) -> torch.device:

@@ -318,6 +318,7 @@ def quantize_int8(model: torch.nn.Module) -> int:
     if head is not None:
         tied = head.weight is embedding.weight
         model.set_output_embeddings(Int8Head(table if tied else _int8_rows(head.weight)))
+        contiguous_head_input(model)  # the new head, as load() gave the old one
     # transformers maps a float32 checkpoint's file and hands out views into it: the float
     # weights left (the norms) would keep the whole mapping, its pages all read by the
     # quantisation, resident (SmolLM2: 513 MiB beside 129 MiB of int8 weights).
@@ -394,10 +395,6 @@ class _Int8Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(qdata, scale)
-        # A strided input (the head's, under logits_to_keep) would make the matmul broadcast the
-        # weight over the rows; see contiguous_head_input. The result must be no view of another
-        # tensor: LoRA adds its update to the output in place.
-        x = row_major(x)
         chunks = _chunks(qdata)
         if len(chunks) == 1:
             return x @ _dequantized(qdata, scale, x.dtype).t()

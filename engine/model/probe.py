@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine.api import profiles
 from engine.api.config import TrainConfig
 from engine.api.errors import UserError
 from engine.api.estimate import Shape, estimate
@@ -31,7 +30,7 @@ def probe(reference: str) -> dict[str, Any]:
     config, source, chat, stored_dtype = _model_config(reference)
     shape = Shape.from_config(config)
     text = config.get("text_config") or config
-    profile = profiles.detect(device.available(), device.cpu_features())
+    profile = device.detected_profile()
     defaults = TrainConfig(model=reference, dataset="-")
     estimates = {}
     for name in ("prge", "mezo", "fo"):
