@@ -201,7 +201,9 @@ def test_engine_that_hangs_after_a_checkpoint_offers_resume(make_window, qtbot, 
         event(1, "checkpoint", step=2, path=str(output_dir / "checkpoints" / "step-00000002"))
         time.sleep(60)
     """)
-    window = make_window(engine_command=command, watchdog_seconds=1.5)
+    # Long enough for the fake engine's yaml import on a loaded machine: a watchdog that fires
+    # before the checkpoint event leaves nothing to resume.
+    window = make_window(engine_command=command, watchdog_seconds=5)
     fill_tiny(window, tiny_model, classification_data)
     with qtbot.waitSignal(window.sig_run_finished, timeout=30_000) as finished:
         window.start()
