@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -20,8 +21,9 @@ def file_hash(path: Path) -> str:
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     """`write(partial)` then rename to `path`: a reader never sees half a file, and a write that
-    fails (disk full, read-only folder) or is stopped leaves no partial file behind."""
-    partial = path.with_name(path.name + ".partial")
+    fails (disk full, read-only folder) or is stopped leaves no partial file behind. The partial
+    file is this process's own, so two processes writing the same path never mix their bytes."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         write(partial)
         partial.replace(path)

@@ -453,8 +453,9 @@ def _place_foundation(written: Path, target: Path, key: str) -> dict:
     if not reused:
         with contextlib.suppress(OSError):
             cached.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(written, cached.with_name(FOUNDATION + ".partial"))
-            cached.with_name(FOUNDATION + ".partial").replace(cached)
+            partial = cached.with_name(f"{FOUNDATION}.{os.getpid()}.partial")
+            shutil.copyfile(written, partial)
+            partial.replace(cached)
     target.unlink(missing_ok=True)
     try:
         os.link(cached, target)

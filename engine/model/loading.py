@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from pickle import UnpicklingError
@@ -159,11 +160,20 @@ def gguf_to_folder(path: Path) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(target)
+    # A folder of this process's own: two runs converting the same file at once (two
+    # benchmark lanes, the window and a CLI run) must not write into one another's files.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.partial-"))
+    try:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        partial.rename(target)
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+        # Another process finished the same conversion first: its folder is as good as ours.
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 

@@ -96,3 +96,31 @@ def test_model_with_its_own_code_needs_trust_remote_code(tiny_model, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match='ships its own Python code .*"trust_remote_code" set to true'):
         load(str(folder), torch.device("cpu"), torch.float32)
+
+
+def test_two_processes_converting_one_gguf_at_once_both_get_the_cached_folder(tiny_model, tmp_path,
+                                                                               monkeypatch):
+    from engine.export.gguf_writer import write_model
+
+    monkeypatch.setenv("EDGETUNE_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "tiny.gguf"
+    write_model(tiny_model, path, "f32")
+    env = dict(os.environ, EDGETUNE_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(REPO))
+    # Several at once, as benchmark lanes or the window and a CLI run start: each must end with
+    # the converted folder, none with another's half-written files.
+    convert = ("import sys; from engine.model.loading import local_folder; "
+               "print(local_folder(sys.argv[1]))")
+    runs = [subprocess.Popen([sys.executable, "-c", convert, str(path)], env=env, cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(3)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], [err[-2000:] for _, err in outputs]
+    folders = {out.strip() for out, _ in outputs}
+    assert folders == {str(gguf_cache_folder(path))}
+    cache = gguf_cache_folder(path).parent
+    assert [p.name for p in cache.iterdir()] == [gguf_cache_folder(path).name]  # no partial left
+    from transformers import AutoModelForCausalLM
+
+    converted = AutoModelForCausalLM.from_pretrained(str(gguf_cache_folder(path)))
+    original = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    assert torch.equal(converted.get_input_embeddings().weight, original.get_input_embeddings().weight)
