@@ -8,6 +8,7 @@ passes) the command speaks engine.api.protocol on stdout instead of printing for
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -115,11 +116,21 @@ def run_tool(name: str, argv: list[str]) -> int:
 def train_command(args: argparse.Namespace, argv: list[str]) -> int:
     from engine.train import distributed
 
-    # workers > 1: this process only launches them (torch.distributed.run) and waits.
-    launched = distributed.enter(args, lambda: _load_config(args))
+    # workers > 1: this process only launches them (torch.distributed.run) and waits; worker 0
+    # speaks for the run.
+    try:
+        launched = distributed.enter(args, lambda: _load_config(args))
+    except distributed.LaunchFailed as exc:
+        # No worker started to speak for the run: this process reports it as the command's
+        # session would (with --protocol: hello, error, done).
+        return session.run(argv, functools.partial(_raise, exc), protocol=args.protocol)
     if launched is not None:
         return launched
     return session.run(argv, lambda: _train(args), protocol=args.protocol, polls_stop=True)
+
+
+def _raise(error: Exception) -> None:
+    raise error
 
 
 def _train(args: argparse.Namespace) -> int:

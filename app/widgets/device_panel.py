@@ -28,7 +28,7 @@ from app.wheel_guard import wheel_only_when_focused
 from app.widgets.elided import ElidedProgressBar
 from engine.api import profiles
 from engine.api.config import TrainConfig, field_doc
-from engine.api.estimate import Shape, estimate, replaced, scored_columns, suggest
+from engine.api.estimate import Shape, estimate, per_worker, replaced, scored_columns, suggest
 
 GIB = 2**30
 BAR_STEPS = 1000  # the bar's resolution: 0.1 % of the budget
@@ -234,11 +234,15 @@ class DevicePanel(QWidget):
             return
         dtype = resolved_dtype(profile)
         config, scored = self.sized(config)
-        total = estimate(self.shape, config, dtype, scored).total_bytes
+        # The budget bounds each worker's process, as the engine's pre-flight check does.
+        workers = [e.total_bytes for e in per_worker(self.shape, config, dtype, scored)]
+        total = max(workers)
         self.estimate_bytes = total
         self.bar.setValue(min(BAR_STEPS, round(BAR_STEPS * total / budget_bytes)))
         budget = f"{self.budget.value():.2f} GiB budget"
-        self._set_bar_text(f"{total / GIB:.2f} GiB of {budget}")
+        self._set_bar_text(f"{total / GIB:.2f} GiB of {budget}" if len(workers) == 1 else
+                           f"{total / GIB:.2f} GiB per worker of {budget}; {len(workers)} "
+                           f"workers: {sum(workers) / GIB:.2f} GiB in total")
         fits = total <= budget_bytes
         self.bar.setStyleSheet(BAR_STYLE.format(chunk=FITS_CHUNK if fits else OVER_CHUNK))
         first_order, forward_only = (

@@ -214,9 +214,11 @@ class TrainConfig:
         1, label="Worker processes",
         help="Worker processes for one run (torch.distributed: gloo on CPU, nccl on CUDA; "
              "docs/distributed.md). Each worker evaluates its share of the step's q directions "
-             "and they exchange only the losses (16 bytes per direction), so a forward-bound step "
-             "gets shorter; but each worker holds its own copy of the model (memory × workers on "
-             "one machine) and redraws all q directions for the update. At most optimizer.q; "
+             "(with fewer directions than workers, its share of the batch's rows) and they "
+             "exchange only the losses (16 bytes per direction), so a forward-bound step gets "
+             "shorter; but each worker holds its own copy of the model (memory × workers on one "
+             "machine) and redraws all q directions for the update. At most optimizer.q × "
+             "batch_size; "
              "prge with backend pytorch only. 1 = one process. Under an external torchrun, the "
              "launcher's worker count wins. For several machines: python -m engine launch CONFIG "
              "--nodes K --print.")
@@ -229,7 +231,8 @@ class TrainConfig:
              "worker 0).")
     memory_budget_gb: float = setting(
         0.0, label="Memory budget",
-        help="Stop with a checkpoint when the process RSS crosses this many GiB (0 = no limit).")
+        help="Stop with a checkpoint when the process RSS crosses this many GiB (0 = no limit; "
+             "per worker when workers > 1).")
     trust_remote_code: bool = setting(
         False, label="Trust remote code",
         help="Allow model code from the hub (runs arbitrary Python from the model repository).")
@@ -336,11 +339,14 @@ def validate(config: TrainConfig) -> TrainConfig:
                 "P-RGE's directions, so they need optimizer.name=prge and backend=pytorch; or set "
                 "workers=1"
             )
-        if config.workers > config.optimizer.q:
+        q, rows = config.optimizer.q, config.batch_size
+        if config.workers > q * rows:
             raise UserError(
-                f'config field "workers" is {config.workers} but optimizer.q is '
-                f"{config.optimizer.q}: each worker evaluates at least one direction; raise "
-                f"optimizer.q to {config.workers} or lower workers"
+                f'config field "workers" is {config.workers} but optimizer.q × batch_size is '
+                f"{q} × {rows} = {q * rows}: each worker evaluates at least one direction on at "
+                "least one row of the batch (with fewer directions than workers, the workers of "
+                "a direction split its rows); raise optimizer.q or batch_size, or lower workers "
+                f"to {q * rows}"
             )
     if config.optimizer.name != "prge" and (config.optimizer.estimator != "two-sided"
                                             or config.optimizer.normalize != "none"):

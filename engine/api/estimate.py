@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from engine.api import workers
 from engine.api.config import TrainConfig
 
 RUNTIME_BYTES = 470 * 2**20
@@ -219,3 +220,25 @@ def replaced(config: TrainConfig, optimizer: dict | None = None, **fields: Any) 
     """`config` with some fields changed, the optimizer's given as a dict of its own fields."""
     new_optimizer = dataclasses.replace(config.optimizer, **(optimizer or {}))
     return dataclasses.replace(config, optimizer=new_optimizer, **fields)
+
+
+def per_worker(shape: Shape, config: TrainConfig, dtype: str = "float32",
+               scored_tokens: int | None = None, eval_rows: int = 16) -> list[Estimate]:
+    """One estimate per worker of `config.workers` (one for a single process): each worker is a
+    process with its own runtime and copy of the model, and it evaluates only its share of the
+    step (engine/api/workers.py): the copies of its directions, on its rows of the batch."""
+    q, size = config.optimizer.q, config.workers
+    return [estimate(shape, replaced(config, optimizer={"q": len(workers.directions(q, r, size))},
+                                     batch_size=len(workers.rows(q, config.batch_size, r, size))),
+                     dtype, scored_tokens, eval_rows)
+            for r in range(size)]
+
+
+def describe_workers(estimates: list[Estimate]) -> str:
+    """The estimate line of a run: per worker (the largest) and in total for several."""
+    largest = max(estimates, key=lambda e: e.total_bytes)
+    if len(estimates) == 1:
+        return largest.describe()
+    total = sum(e.total_bytes for e in estimates)
+    return (f"{largest.describe()} per worker; {len(estimates)} workers, each with its own copy "
+            f"of the model: {total / 2**30:.2f} GiB in total")

@@ -2,10 +2,11 @@
 
 Zeroth-order steps need almost nothing from each other: the directions come from seeds
 (engine/optim/base.py direction_seed), so worker r evaluates its block of the step's q
-directions, the workers all-gather the per-direction losses (as float64, so a float32 loss
-travels exactly), and every worker applies the same update with the other workers' z drawn
-again from their seeds. θ stays identical everywhere; a checksum compared at every checkpoint
-proves it.
+directions (with fewer directions than workers, its block of the batch's rows for the direction
+its group shares: engine/api/workers.py), the workers all-gather the per-direction losses (as
+float64, so a float32 loss travels exactly), and every worker applies the same update with the
+other workers' z drawn again from their seeds. θ stays identical everywhere; a checksum
+compared at every checkpoint proves it.
 
 Worker 0 writes everything a run leaves (metrics.jsonl, checkpoints, the adapter, the protocol
 events); the others write only their own log, OUTPUT_DIR/worker-<rank>.log. Decisions that end
@@ -19,7 +20,9 @@ exchange is the identity, and nothing of torch.distributed is touched.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import logging
 import os
 import socket
@@ -30,7 +33,9 @@ from pathlib import Path
 
 import torch
 
+from engine.api import workers
 from engine.api.errors import UserError
+from engine.api.workers import block
 from engine.model import device as devices
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,10 @@ class WorkersDiverged(UserError):
     """θ differs between workers (it must be bit-identical after every step)."""
 
 
+class LaunchFailed(UserError):
+    """torch's launcher could not start the local workers: no worker speaks for the run."""
+
+
 def in_worker() -> bool:
     """True inside a process started by torchrun (or by hand with its environment)."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -58,11 +67,6 @@ def rank() -> int:
 def log_name() -> str:
     """The log file of this process in the run folder: engine.log for worker 0."""
     return "engine.log" if rank() == 0 else f"worker-{rank()}.log"
-
-
-def block(count: int, worker: int, size: int) -> range:
-    """Worker `worker`'s contiguous share of `count` items (directions, evaluation batches)."""
-    return range(worker * count // size, (worker + 1) * count // size)
 
 
 class World:
@@ -88,6 +92,14 @@ class World:
     def share(self, count: int) -> range:
         return block(count, self.rank, self.size)
 
+    def directions(self, q: int) -> range:
+        """The step's directions this worker evaluates (engine/api/workers.py)."""
+        return workers.directions(q, self.rank, self.size)
+
+    def rows(self, q: int, batch_rows: int) -> range:
+        """The rows of the step's batch this worker evaluates its directions on."""
+        return workers.rows(q, batch_rows, self.rank, self.size)
+
     # ---- exchanges ---------------------------------------------------------------------
     def gather(self, local: torch.Tensor, count: int) -> torch.Tensor:
         """`local` (rows, len(share(count))): this worker's values for its share of `count`
@@ -100,6 +112,21 @@ class World:
         pieces = self._all_gather(padded, "exchanging the step's losses")
         values = [pieces[r][:, :len(block(count, r, self.size))] for r in range(self.size)]
         return torch.cat(values, dim=1).to(local.device, local.dtype)
+
+    def gather_directions(self, local: torch.Tensor, q: int) -> torch.Tensor:
+        """The step's per-direction values: `local` (rows, len(directions(q))) → (rows, q).
+
+        With fewer directions than workers each worker's values are its rows' part of the
+        batch's mean for its one direction, and a direction's value is the sum of its group's
+        parts, added in float64 by the same operation on every worker and returned in float64
+        whatever the local dtype (a worker alone on its direction holds float32 means, the
+        others float64 parts), so all get the same numbers."""
+        if self.size == 1 or not workers.splits_rows(q, self.size):
+            return self.gather(local, q)
+        parts = self._all_gather(local.to(self._exchange_device, torch.float64),
+                                 "exchanging the step's losses")
+        summed = [parts[list(workers.group(q, i, self.size))].sum(0) for i in range(q)]
+        return torch.cat(summed, dim=1).to(local.device)
 
     def agree(self, *flags: bool) -> tuple[bool, ...]:
         """Each flag is true for everyone if it is true for anyone (one MAX all-reduce)."""
@@ -259,8 +286,8 @@ def enter(args: argparse.Namespace, load_config: Callable[[], object]) -> int | 
     reads the stop command) and return None, as everywhere else."""
     try:
         config = load_config()
-    except UserError:
-        return None  # the command itself reports it
+    except Exception:  # the command loads it again inside its error boundary and reports it
+        return None
     if in_worker():
         if rank() > 0:
             _own_log(Path(config.output_dir) / log_name())
@@ -280,15 +307,30 @@ def worker_argv(args: argparse.Namespace, output_dir: str) -> list[str]:
 
 def launch_local(workers: int, argv: list[str]) -> int:
     """`torchrun --standalone --nproc-per-node WORKERS -m engine ARGV` in this process: the
-    launcher watches the workers and ends them all as soon as one fails (no restarts)."""
-    from torch.distributed.elastic.multiprocessing import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
+    launcher watches the workers and ends them all as soon as one fails (no restarts).
+    LaunchFailed when the launcher itself cannot start them."""
+    try:
+        from torch.distributed.elastic.multiprocessing import SignalException
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.run import parse_args, run
+    except ImportError as exc:
+        raise LaunchFailed(
+            f"workers={workers} runs on torch.distributed, which this torch build lacks ({exc}); "
+            "set workers=1, or install a torch build with distributed support") from exc
 
     launch = ["--standalone", f"--nproc-per-node={workers}", "--max-restarts=0", "-m", "engine", *argv]
     log.info("starting %d workers: torchrun %s", workers, " ".join(launch))
+    said = io.StringIO()
     try:
-        run(parse_args(launch))
+        # The launcher reads settings from PET_* variables too; argparse's refusal of one would
+        # print torchrun's usage, which names no option of ours.
+        with contextlib.redirect_stderr(said):
+            parsed = parse_args(launch)
+    except SystemExit as exc:
+        lines = said.getvalue().strip().splitlines() or [f"exit code {exc.code}"]
+        raise _launch_failed(workers, lines[-1].split(": error: ", 1)[-1]) from None
+    try:
+        run(parsed)
     except ChildFailedError as exc:
         failures = sorted(exc.failures.items())
         for worker, failure in failures:
@@ -302,7 +344,22 @@ def launch_local(workers: int, argv: list[str]) -> int:
         # worker 0 wrote a checkpoint (its `done` event says so), as one process does on a stop;
         # a worker still busy 30 s later was killed, which its last checkpoint survives.
         print(f"stopped by signal {exc.sigval.name}", file=sys.stderr)
+    except Exception as exc:  # the launcher's own: its store, its log folder, forking workers
+        log.error("torch's launcher failed", exc_info=exc)
+        # c10d's messages go on with the C++ stack; its first line says what failed.
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise _launch_failed(workers, f"{type(exc).__name__}: {first_line}") from None
     return 0
+
+
+def _launch_failed(workers: int, reason: str) -> LaunchFailed:
+    settings = sorted(name for name in os.environ if name.startswith("PET_"))
+    named = f" ({', '.join(settings)} set here)" if settings else ""
+    return LaunchFailed(
+        f"torch's launcher could not start the {workers} local workers: {reason}. It takes "
+        f"settings from PET_* environment variables{named}: unset any not meant for this run; "
+        "it also needs a free TCP port on localhost (a firewall or sandbox may block one). Or "
+        "set workers=1 to train in this one process")
 
 
 def _own_log(path: Path) -> None:

@@ -32,6 +32,13 @@ class Batch:
     def rows(self) -> int:
         return self.input_ids.shape[0]
 
+    def select(self, rows: range) -> Batch:
+        """These rows of the batch, at the batch's width (a worker's block of it)."""
+        mask = self.attention_mask[rows.start:rows.stop]
+        return Batch(self.input_ids[rows.start:rows.stop], mask,
+                     self.position_ids[rows.start:rows.stop], self.targets[rows.start:rows.stop],
+                     self.keep, int(mask.sum()))
+
     def to(self, device: torch.device) -> Batch:
         return Batch(
             self.input_ids.to(device),
@@ -133,6 +140,13 @@ class Objective:
         per_token = token_losses(logits, targets).view(copies, -1)
         counted = (targets != -100).view(copies, -1).sum(1).clamp(min=1)
         return per_token.sum(1) / counted
+
+    def weight(self, batch: Batch) -> int:
+        """What a batch's mean loss (`losses`) averages over: its rows for classification, its
+        scored tokens for SFT. A block of the batch's rows weighs its part of that mean."""
+        if self.task == "classification":
+            return batch.rows
+        return int((batch.targets != -100).sum())
 
     def score(self, model: torch.nn.Module, batch: Batch) -> tuple[float, int]:
         """(summed loss, correct predictions) of one copy; correct is 0 for SFT."""

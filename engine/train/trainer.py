@@ -26,7 +26,7 @@ from engine.api import config as config_io
 from engine.api.checkpoints import CHECKPOINTS
 from engine.api.config import TrainConfig
 from engine.api.errors import UserError
-from engine.api.estimate import Shape, estimate, scored_columns, suggest
+from engine.api.estimate import Shape, describe_workers, per_worker, scored_columns, suggest
 from engine.api.history import read_history
 from engine.data.dataset import Dataset, find_eval_file, load_dataset, split
 from engine.model import device as devices
@@ -35,8 +35,8 @@ from engine.model import memory
 from engine.train import checkpoint, distributed, lora
 from engine.train.events import EventBus, MetricsFileSink, truncate_history
 from engine.train.objective import Batch, Objective
+from engine.train.optim import LossFn, copies_needed
 from engine.train.optim import build as build_optimizer
-from engine.train.optim import copies_needed
 from engine.train.optim.schedule import learning_rate
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class Trainer:
                                    self.train_data.label_words)
         if self.train_data.task == "classification":
             self.objective.check_label_words(self.train_data.label_words)
-        directions = len(self.world.share(cfg.optimizer.q))
+        directions = len(self.world.directions(cfg.optimizer.q))
         self.adapter = lora.inject(self.model, cfg.lora, copies_needed(cfg.optimizer, directions), cfg.seed)
         self.optimizer = build_optimizer(cfg.optimizer, self.adapter.store, cfg.seed, self.world)
         self.batch_losses = self._eager_losses if cfg.backend == "pytorch" else self._program_losses()
@@ -174,15 +174,20 @@ class Trainer:
             texts = [e.completion for e in self.train_data.examples + self.eval_data.examples]
             longest = max(len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"])
             scored = scored_columns(longest, cfg.max_seq_len)
-        predicted = self.memory_estimate = estimate(shape, cfg, dtype, scored, EVAL_BATCH_ROWS)
-        self.bus.log(predicted.describe())
+        # Each worker is a process of its own and memory_budget_gb bounds each one's RSS; every
+        # worker checks the largest, so all of them refuse alike.
+        workers = per_worker(shape, dataclasses.replace(cfg, workers=self.world.size), dtype,
+                             scored, EVAL_BATCH_ROWS)
+        predicted = self.memory_estimate = max(workers, key=lambda e: e.total_bytes)
+        self.bus.log(describe_workers(workers))
         budget = int(cfg.memory_budget_gb * 2**30)
         if budget and predicted.total_bytes > budget:
             options = suggest(shape, cfg, budget, dtype, scored)
             hint = f"settings that fit: {', '.join(options)}" if options else \
                 "no smaller q, batch or sequence length fits: pick a smaller model or raise the budget"
+            each = " per worker" if self.world.size > 1 else ""
             raise UserError(
-                f"this run needs about {predicted.total_bytes / 2**30:.2f} GiB but "
+                f"this run needs about {predicted.total_bytes / 2**30:.2f} GiB{each} but "
                 f'memory_budget_gb is {cfg.memory_budget_gb}; {hint}'
             )
 
@@ -306,7 +311,7 @@ class Trainer:
             lr = learning_rate(cfg.optimizer, step, self._progress(step, budget_seconds))
             t0 = time.perf_counter()
             with torch.inference_mode(cfg.optimizer.name != "fo"):
-                result = self.optimizer.step(lambda n, batch=batch: self.batch_losses(batch, n), step, lr)
+                result = self.optimizer.step(self._step_losses(batch), step, lr)
             devices.synchronize(self.device)
             step_seconds = time.perf_counter() - t0
             self.train_seconds += step_seconds
@@ -371,6 +376,19 @@ class Trainer:
         """Share of the run done: of its steps, or of its time budget when that ends it first."""
         done = step / self.config.steps
         return max(done, self.train_seconds / budget_seconds) if budget_seconds else done
+
+    def _step_losses(self, batch: Batch) -> LossFn:
+        """The step's loss function: each copy's mean loss over the batch, or, for a worker
+        that shares its direction with others (more workers than directions), over its block
+        of the rows, scaled to that block's part of the batch's mean (the workers' parts add up
+        in World.gather_directions). The part is float64: one worker's float32 mean, split in
+        parts, sums back within float32 rounding."""
+        rows = self.world.rows(self.config.optimizer.q, batch.rows)
+        if len(rows) == batch.rows:
+            return lambda n: self.batch_losses(batch, n)
+        mine = batch.select(rows)
+        part = self.objective.weight(mine) / max(self.objective.weight(batch), 1)
+        return lambda n: self.batch_losses(mine, n).double() * part
 
     def _eager_losses(self, batch: Batch, copies: int) -> torch.Tensor:
         shared = self.adapter.shared_prefix is not None

@@ -55,6 +55,14 @@ def test_memory_bar_follows_settings_and_blocks_start(make_window, qtbot, tiny_m
     assert device.blocking_reason == "" and window.start_button.isEnabled()
     assert window.setup.current_config().memory_budget_gb == 0.8
 
+    # Two workers: the bar holds one worker (its process) and says what both need together.
+    alone = device.estimate_bytes
+    window.form.widgets["workers"].setValue(2)
+    per_worker = device.estimate_bytes
+    assert per_worker < alone  # each evaluates half the step's copies
+    assert device.bar.format() == (f"{per_worker / 2**30:.2f} GiB per worker of 0.80 GiB budget; "
+                                   f"2 workers: {2 * per_worker / 2**30:.2f} GiB in total")
+
 
 def test_memory_bar_sizes_a_long_sft_run_as_the_engine_does(make_window, qtbot, tiny_model,
                                                             tmp_path):

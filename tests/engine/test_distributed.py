@@ -37,7 +37,13 @@ def _history(output_dir: Path, kind: str) -> list[dict]:
     ("workers=3", "optimizer.q=3", "optimizer.estimator=one-sided", "optimizer.directions=rademacher",
      "optimizer.normalize=loss-std", "optimizer.momentum=0.9", "optimizer.schedule=cosine",
      "optimizer.warmup_steps=2"),
-], ids=["dual", "one-sided-everything"])
+    # Fewer directions than workers: the workers of a direction split the batch's rows.
+    ("workers=2", "optimizer.q=1", "batch_size=4"),
+    # Direction 0 on worker 0's 3 rows, direction 1 on workers 1 and 2 (1 and 2 rows).
+    ("workers=3", "optimizer.q=2", "batch_size=3", "optimizer.mode=single"),
+    pytest.param(("workers=2", "optimizer.q=1", "batch_size=3", "optimizer.estimator=one-sided",
+                  "optimizer.directions=rademacher", "optimizer.momentum=0.9"), marks=pytest.mark.slow),
+], ids=["dual", "one-sided-everything", "rows-q1", "rows-uneven-single", "rows-one-sided"])
 def test_workers_give_the_one_worker_losses_and_the_same_theta(tiny_config, tmp_path, options):
     alone = tiny_config(*options, "workers=1", f"output_dir={tmp_path / 'alone'}")
     _, expected, _ = train(alone)
@@ -57,18 +63,27 @@ def test_workers_give_the_one_worker_losses_and_the_same_theta(tiny_config, tmp_
     # Every worker's θ checksum at every checkpoint equals worker 0's (the engine compares them
     # and would have stopped; the others' logs show it).
     written = [c["theta_checksum"] for c in _history(spread, "checkpoint")]
-    assert len(written) == 2
+    assert len(written) == 2 and written[0] != written[1]  # θ moved between them
     workers = cfg.workers
     for rank in range(1, workers):
         log = (spread / f"worker-{rank}.log").read_text()
         assert re.findall(r"θ checksum ([0-9a-f]{64})", log) == written
     logs = sorted(p.name for p in spread.glob("worker-*.log"))
     assert logs == [f"worker-{r}.log" for r in range(1, workers)]
-    # Payload per step: 16 bytes per direction gathered plus the stop flags, within 64·q.
+    # Payload each worker sends and receives (ring all-gathers: 2·(W − 1) pieces): the step's ±
+    # losses, 2 float64 per direction a worker holds (padded to the largest share; 2 in all for
+    # a block of the rows), the previous step's MAX vote on 3 int64 flags, and in steps 1 and 4
+    # the evaluation before them (one 16-row batch: 2 float64) and step 4 the θ checksum at
+    # step 3 (2 int64).
     q = cfg.optimizer.q
-    for m in metrics:
-        assert m["workers"] == workers
-        assert 0 < m["exchanged_bytes"] <= 64 * q + 64
+    ring = 2 * (workers - 1)
+    losses = ring * 2 * 8 * (1 if q < workers else -(-q // workers))
+    vote, evaluation, checksum = 2 * 3 * 8, ring * 2 * 8, ring * 2 * 8
+    assert [m["workers"] for m in metrics] == [workers] * 6
+    assert [m["exchanged_bytes"] for m in metrics] == [
+        losses + evaluation, losses + vote, losses + vote,
+        losses + vote + evaluation + checksum, losses + vote, losses + vote]
+    assert losses + vote <= 64 * q + 64
 
 
 def test_a_time_budgeted_cosine_run_keeps_every_worker_on_one_learning_rate(tiny_config, tmp_path):
@@ -177,6 +192,21 @@ def test_one_worker_makes_no_exchange():
     assert [list(distributed.block(10, r, 3)) for r in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
 
 
+def test_fewer_directions_than_workers_split_the_rows_among_each_directions_workers():
+    from engine.api import workers
+
+    def shares(q, rows, size):
+        return [(list(workers.directions(q, r, size)), list(workers.rows(q, rows, r, size)))
+                for r in range(size)]
+
+    assert shares(4, 4, 2) == [([0, 1], [0, 1, 2, 3]), ([2, 3], [0, 1, 2, 3])]
+    assert shares(3, 4, 2) == [([0], [0, 1, 2, 3]), ([1, 2], [0, 1, 2, 3])]
+    assert shares(1, 4, 2) == [([0], [0, 1]), ([0], [2, 3])]
+    assert shares(2, 3, 3) == [([0], [0, 1, 2]), ([1], [0]), ([1], [1, 2])]
+    # 2 directions × 3 rows over 6 workers: every worker one direction on one row.
+    assert shares(2, 3, 6) == [([d], [r]) for d in (0, 1) for r in (0, 1, 2)]
+
+
 def test_launch_prints_the_multi_machine_torchrun_command_and_a_skypilot_task(tiny_config, tmp_path,
                                                                               capsys):
     path = _config_file(tiny_config("optimizer.q=8"), tmp_path / "big.yaml")
@@ -192,17 +222,52 @@ def test_launch_prints_the_multi_machine_torchrun_command_and_a_skypilot_task(ti
     assert "--node-rank=$SKYPILOT_NODE_RANK" in task["run"] and f"train {path}" in task["run"]
     from engine.api.errors import UserError
 
-    with pytest.raises(UserError, match="workers.*optimizer.q is 8"):
-        launch_main([str(path), "--nodes", "5", "--workers-per-node", "2", "--print"])
+    # q = 8 directions × 2 rows: at most 16 workers.
+    with pytest.raises(UserError, match=r"9 machines × 2 workers = 18 workers: .*"
+                                        r"optimizer.q × batch_size is 8 × 2 = 16"):
+        launch_main([str(path), "--nodes", "9", "--workers-per-node", "2", "--print"])
 
 
 def test_workers_field_is_validated_and_free_on_resume(tiny_config):
     from engine.api.errors import UserError
     from engine.train.trainer import config_fingerprint
 
-    with pytest.raises(UserError, match='"workers" is 3 but optimizer.q is 2'):
-        tiny_config("workers=3")
+    with pytest.raises(UserError, match=r'"workers" is 5 but optimizer.q × batch_size is 2 × 2 = 4: '
+                                        r".*lower workers to 4"):
+        tiny_config("workers=5")
+    assert tiny_config("workers=4").workers == 4  # each worker: one direction on one row
     with pytest.raises(UserError, match='"workers" is 2 but optimizer.name is .mezo'):
         tiny_config("workers=2", "optimizer.name=mezo")
     assert config_fingerprint(tiny_config("workers=2")) == config_fingerprint(tiny_config())
     assert json.dumps(config_io.to_dict(tiny_config()))  # the new fields serialise
+
+
+@pytest.mark.parametrize("protocol", [True, False], ids=["bad-port-protocol", "log-dir-terminal"])
+def test_a_launcher_that_cannot_start_says_what_to_do(tiny_config, tmp_path, protocol):
+    """torch's launcher takes PET_* variables as its settings: a bad port (argparse's refusal)
+    and a log folder that is a file (its own failure) end the command with one message, no
+    traceback, and under --protocol a proper hello … error … done."""
+    cfg = tiny_config("workers=2", f"output_dir={tmp_path / 'run'}")
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    variable, value, reason = (
+        ("PET_MASTER_PORT", "port-29500", "argument --master-port/--master_port: invalid int value: "
+                                          "'port-29500'") if protocol else
+        ("PET_LOG_DIR", str(not_a_folder), f"NotADirectoryError: log_dir: {not_a_folder}"))
+    args = ["train", str(_config_file(cfg, tmp_path / "run.yaml")), *(["--protocol"] if protocol else [])]
+    proc = engine_process(args, worker_env={variable: value})
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err + out
+    if protocol:
+        events = [decode(line) for line in out.splitlines()]
+        assert [e.type for e in events] == ["hello", "error", "done"]
+        message = events[1].data["message"]
+        assert events[1].data["kind"] == "user"
+        assert events[2].data["status"] == "failed" and events[2].data["exit_code"] == 2
+    else:
+        assert out == ""
+        message = err.strip().splitlines()[-1].removeprefix("error: ")
+    assert message.startswith(f"torch's launcher could not start the 2 local workers: {reason}")
+    assert f"({variable} set here)" in message
+    assert message.endswith("Or set workers=1 to train in this one process")

@@ -166,3 +166,35 @@ def test_int8_base_computes_its_dequantised_weights(family):
     (q_logits, q_grad), (f_logits, f_grad) = grads
     torch.testing.assert_close(q_logits, f_logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(q_grad, f_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_each_worker_is_estimated_for_its_share_of_the_step():
+    """Every worker holds the runtime and the model; it evaluates the copies of its directions
+    on its rows only, so the activations and the adapter copies split, the rest repeats."""
+    from engine.api.estimate import describe_workers, per_worker
+
+    def alone(q, b):
+        return estimate(SMOLLM2, settings(f"optimizer.q={q}", f"batch_size={b}"))
+
+    assert per_worker(SMOLLM2, settings("optimizer.q=4", "batch_size=4")) == [alone(4, 4)]
+    assert per_worker(SMOLLM2, settings("optimizer.q=4", "batch_size=4", "workers=2")) == [alone(2, 4)] * 2
+    # q = 1: the two workers evaluate direction 0's ± copies on 2 rows each.
+    split = per_worker(SMOLLM2, settings("optimizer.q=1", "batch_size=4", "workers=2"))
+    assert split == [alone(1, 2)] * 2
+    # … whose 4 rows are narrower than the 16-row evaluation batch, the widest pass either way.
+    assert split[0].total_bytes == alone(1, 4).total_bytes
+    halves = per_worker(SMOLLM2, settings("optimizer.q=4", "batch_size=4", "workers=2"))[0]
+    assert halves.weights_bytes == alone(4, 4).weights_bytes
+    assert halves.activations_bytes < alone(4, 4).activations_bytes  # 16 rows, not 32
+    assert halves.adapter_bytes == alone(4, 4).adapter_bytes * 6 // 10  # 4 + 2 copies, not 8 + 2
+    # 3 workers, 2 directions × 3 rows: worker 0 has direction 0 on 3 rows, workers 1 and 2
+    # direction 1 on 1 and 2 rows.
+    assert per_worker(SMOLLM2, settings("optimizer.q=2", "batch_size=3", "workers=3")) == \
+        [alone(1, 3), alone(1, 1), alone(1, 2)]
+    gib = lambda e: f"{e.total_bytes / 2**30:.2f} GiB"
+    assert describe_workers([alone(4, 4)]) == alone(4, 4).describe()
+    three = [alone(1, 3), alone(1, 1), alone(1, 2)]
+    total = sum(e.total_bytes for e in three) / 2**30
+    assert describe_workers(three) == (f"{alone(1, 3).describe()} per worker; 3 workers, each with "
+                                       f"its own copy of the model: {total:.2f} GiB in total")
+    assert gib(alone(1, 3)) in describe_workers(three)

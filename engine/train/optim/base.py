@@ -13,7 +13,9 @@ from engine.api.config import OptimizerConfig
 from engine.train.distributed import World
 from engine.train.lora import LoRAStore
 
-# losses(copies) → one mean loss per copy of the tiled batch, shape (copies,).
+# losses(copies) → one mean loss per copy of the tiled batch, shape (copies,). A worker that
+# evaluates a block of the batch's rows (more workers than directions) returns its rows' part of
+# that mean instead; World.gather_directions adds the parts up.
 LossFn = Callable[[int], torch.Tensor]
 # measured(z, out): out ← the direction z as a finite difference measured it (see PRGE).
 MeasureFn = Callable[[torch.Tensor, torch.Tensor], None]
@@ -44,7 +46,7 @@ class TrainedOptimizer:
         self.seed = seed
         self.world = world or World()
         # The directions this worker evaluates: all of them when it works alone.
-        self.share = self.world.share(config.q)
+        self.share = self.world.directions(config.q)
         self.theta = store.copies[0].detach().clone()
         self._z = torch.empty_like(self.theta)
         self._generator = torch.Generator(device=self.theta.device)

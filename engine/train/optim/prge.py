@@ -21,7 +21,9 @@ class PRGE(TrainedOptimizer):
     anyway, and the difference of the two evaluated points is the direction the finite
     difference actually measured (θ ± εz rounded to the store's dtype), not merely close to it.
     A worker holding only its share gathers every worker's losses and redraws the other
-    directions from their seeds with that same arithmetic (update_from_seeds).
+    directions from their seeds with that same arithmetic (update_from_seeds). With more workers
+    than directions a worker holds one direction and its losses are over its rows of the batch:
+    the gather adds its group's parts into the batch's losses.
     """
 
     def __init__(self, config: OptimizerConfig, store: LoRAStore, seed: int, world: World | None = None):
@@ -50,7 +52,7 @@ class PRGE(TrainedOptimizer):
             # θ − εz_i as the reflection of θ + εz_i through θ: no second draw.
             copies[:n].mul_(-1).add_(self.theta, alpha=2)
             minus = losses(n)
-        plus, minus = self.world.gather(torch.stack([plus, minus]), q)
+        plus, minus = self.world.gather_directions(torch.stack([plus, minus]), q)
         grads = coefficients((plus.double() - minus.double()) / 2, torch.cat([plus, minus]), self.config)
         if n < q:
             self.update_from_seeds(step, grads, 1 / (2 * eps) if dual else 1 / eps, lr,
@@ -70,7 +72,7 @@ class PRGE(TrainedOptimizer):
             self.perturb(1 + k, self.direction(step, i), eps)
         both = losses(n + 1)
         # Each direction is measured against the L(θ) of its own worker's pass.
-        perturbed, center = self.world.gather(torch.stack([both[1:], both[0].expand(n)]), q)
+        perturbed, center = self.world.gather_directions(torch.stack([both[1:], both[0].expand(n)]), q)
         grads = coefficients(perturbed.double() - center.double(), perturbed, self.config)
         if n < q:
             self.update_from_seeds(step, grads, 1 / eps, lr, self._measured_one_sided)
