@@ -2,6 +2,9 @@
 
     python -m engine.bench.distributed --model tiny --steps 300 --repeats 2
     nice -n 10 python -m engine.bench.distributed --model default --steps 30 --repeats 1
+    nice -n 19 python -m engine.bench.distributed --model tiny --q 1 --parts runs
+
+With --q 1 the two workers share the step's one direction and split the batch's rows.
 
 Each run is the ordinary `python -m engine train` of the demo's settings (q=4, b=4, LoRA-FA r=8,
 max_seq_len 64; no evaluations or checkpoints inside the timed steps), the layouts interleaved.
@@ -173,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny", help="'tiny' or a model reference ('default')")
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--q", type=int, default=0,
+                        help="directions per step (0: the demo's 4); 1 splits the batch's rows")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--results", type=Path, default=DOCS / "bench")
     parser.add_argument("--parts", default="runs,collectives,redraw",
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             from engine.model.tiny import make_tiny_llama
 
             model = str(make_tiny_llama(tmp / "tiny"))
-        record = {"benchmark": "distributed", "model": model_label(args.model),
+        record = {"benchmark": "distributed", "model": model_label(args.model), "q": args.q or 4,
                   "environment": environment(2), "runs": []}
         if "collectives" in parts:
             record["loopback_gloo_seconds"] = collective_latency()
@@ -202,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in range(args.repeats if "runs" in parts else 0):
             for name, (workers, threads) in LAYOUTS.items():
                 folder = tmp / f"run-{repeat}-{workers}x{threads}"
-                result = run_once([f"model={model}"], workers, threads, args.steps, folder)
+                overrides = [f"model={model}", *([f"optimizer.q={args.q}"] if args.q else [])]
+                result = run_once(overrides, workers, threads, args.steps, folder)
                 result["layout"] = name
                 record["runs"].append(result)
                 print(json.dumps({k: v for k, v in result.items() if k != "losses"}), flush=True)
@@ -211,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             difference = record["max_abs_loss_difference_between_runs"] = max(
                 abs(a - b) for run in record["runs"] for a, b in zip(first, run["losses"], strict=True))
             print(f"max |loss difference| between any two runs = {difference:.3g}")
-        tag = "tiny" if args.model == "tiny" else "smollm2"
+        tag = ("tiny" if args.model == "tiny" else "smollm2") + (f"-q{args.q}" if args.q else "")
         path = write_json(finish(record), args.results / f"distributed-{tag}.json")
         print(f"wrote {path}")
     return 0
