@@ -49,6 +49,10 @@ VARIANTS = {
     "one-sided q=7 rademacher cosine bf16": [*TODAY, "optimizer.estimator=one-sided", "optimizer.q=7",
                                              "optimizer.directions=rademacher",
                                              "optimizer.schedule=cosine", "dtype=bfloat16"],
+    # Round 3 (docs/convergence.md): twice the directions per pass lower the noise floor.
+    "one-sided q=15 rademacher cosine bf16": [*TODAY, "optimizer.estimator=one-sided",
+                                              "optimizer.q=15", "optimizer.directions=rademacher",
+                                              "optimizer.schedule=cosine", "dtype=bfloat16"],
     "+ loss-std": [*TODAY, "optimizer.normalize=loss-std", "optimizer.lr=1e-3"],
     "+ momentum 0.9": [*TODAY, "optimizer.momentum=0.9"],
     "+ cosine lr 3e-2": [*TODAY, "optimizer.schedule=cosine", "optimizer.lr=3e-2"],

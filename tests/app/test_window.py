@@ -164,9 +164,13 @@ def test_settings_yaml_and_presets(make_window, tiny_model, classification_data,
     dialog.close()
     window.form.apply_preset("Train for 10 minutes")
     assert window.setup.current_config().time_budget_minutes == 10
-    assert window.setup.current_config().optimizer.schedule == "cosine"
+    optimizer = window.setup.current_config().optimizer
+    assert (optimizer.schedule, optimizer.estimator, optimizer.directions, optimizer.q) == (
+        "cosine", "one-sided", "rademacher", 15)
+    window.form.apply_preset("Quick demo")
+    assert window.setup.current_config().optimizer.q == 4
     window.form.apply_preset("Quality")
-    assert window.setup.current_config().steps == 1000 and window.setup.current_config().optimizer.q == 8
+    assert window.setup.current_config().steps == 1000 and window.setup.current_config().optimizer.q == 15
     assert window.setup.current_config().time_budget_minutes == 0  # a step preset clears the budget
     window.form.widgets["optimizer.lr"].setText("fast")
     window.start()
