@@ -1,12 +1,18 @@
 """Pre-flight estimate of a run's peak memory, and the settings that would fit a budget.
 
 peak = runtime + weights + adapter (copies, θ, z, optimiser state) + activations of the widest
-pass. The constants were measured on this project's CPU path (see docs/benchmarks.md, memory):
-a Python process with torch 2.13, transformers 5.x, peft and the engine imported holds 450-470
-MiB before any weights (torch alone 275; transformers and the torchao it imports when executorch
-is installed, the rest); inference keeps one layer's activations alive at a time, backprop (fo) keeps every
-layer's. Measured peak RSS lands within a few percent of this on SmolLM2-135M (prge dual q=4
-b=4 and q=16 b=1: 1030 and 1127 MiB measured) and on the tiny test model.
+pass. What holds the activations was measured on this project's CPU path (docs/benchmarks.md,
+section 3): a plain forward holds one block's MLP at a time (its input, the normalised input,
+the gate activation, the up projection and their product: 2H + 3I values per token); SDPA on
+the CPU runs flash attention, so no (rows, heads, L, L) score matrix exists, forward or
+backward. First-order LoRA keeps, per token and block, what autograd saves with a frozen base
+(counted with saved_tensors_hooks at Llama-3.2-1B's and Gemma-3-270M's widths): each RMSNorm's
+input (float32 whatever the base dtype), the attention's rotated q and k, its v and its output,
+and the MLP's gate, activation and up projection. glibc's heap keeps the holes between those
+saved tensors (each is under its 32 MiB mmap threshold at b=1): measured as half the saved
+bytes again on SmolLM2-135M at 64-512 tokens. A Python process with torch 2.13, transformers
+5.x, peft and the engine imported holds about 440 MiB before any weights (SmolLM2-135M's
+measured peaks at 64 tokens, less its weights, adapter and activations: 435-438 MiB).
 """
 
 from __future__ import annotations
@@ -18,13 +24,15 @@ from typing import Any
 from engine.api import workers
 from engine.api.config import TrainConfig
 
-RUNTIME_BYTES = 470 * 2**20
+RUNTIME_BYTES = 440 * 2**20
 # Bytes per activation value; int8 keeps float32 activations (weight-only quantisation).
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 4}
-# Per token, in units of hidden (H) and MLP (I) widths: what one layer's forward holds at its
-# peak (inference), and what backprop keeps per layer for the backward pass (fo).
-INFERENCE_PER_TOKEN = (6, 3)
-SAVED_PER_TOKEN = (10, 5)
+# Per token, in units of hidden (H) and MLP (I) widths: what one block's forward holds at its
+# peak, the MLP's (inference; the attention's, 2H + 4 query widths + 2 key widths, is smaller
+# in every model we train).
+INFERENCE_PER_TOKEN = (2, 3)
+# glibc's heap holes between the tensors autograd saves, as a share of their bytes (fo).
+SAVED_HEAP_OVERHEAD = 0.5
 
 
 @dataclass(frozen=True)
@@ -39,12 +47,17 @@ class Shape:
     head_dim: int
     vocab: int
     tied_embeddings: bool
+    # RMSNorms per block, and whether q and k are normalised per head (Gemma 3: 4 and yes;
+    # Gemma 2: 4 and no; Llama, Qwen, SmolLM: 2 and no): each norm's input is saved for backprop.
+    norms_per_layer: int = 2
+    qk_norm: bool = False
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Shape:
         text = config.get("text_config") or config
         hidden = text["hidden_size"]
         heads = text["num_attention_heads"]
+        family = str(text.get("model_type") or config.get("model_type") or "")
         return cls(
             hidden=hidden,
             intermediate=text.get("intermediate_size", 4 * hidden),
@@ -54,6 +67,8 @@ class Shape:
             head_dim=text.get("head_dim") or hidden // heads,
             vocab=text["vocab_size"],
             tied_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True))),
+            norms_per_layer=4 if family.startswith(("gemma2", "gemma3")) else 2,
+            qk_norm=family.startswith("gemma3"),
         )
 
     def projection_shapes(self) -> dict[str, tuple[int, int]]:
@@ -62,6 +77,12 @@ class Shape:
         h, i = self.hidden, self.intermediate
         return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
                 "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def saved_per_token(self, size: int) -> int:
+        """Bytes autograd saves per token in one block for first-order LoRA on a frozen base."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        values = 2 * q + 2 * kv + 3 * self.intermediate + ((q + kv) if self.qk_norm else 0)
+        return self.norms_per_layer * self.hidden * 4 + values * size
 
     def parameters(self) -> int:
         embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
@@ -126,10 +147,9 @@ def copies(config: TrainConfig) -> int:
 
 def forward_bytes(shape: Shape, rows: int, config: TrainConfig, size: int,
                   scored_tokens: int | None = None) -> int:
-    """What one inference forward over `rows` rows holds at its peak: one layer's working set,
-    the attention scores and the logits of the kept columns."""
+    """What one inference forward over `rows` rows holds at its peak: one block's MLP (no
+    attention scores: the CPU's SDPA is flash attention) and the logits of the kept columns."""
     length = config.max_seq_len
-    attention = rows * shape.heads * length**2 * size
     if config.task == "sft":
         # Logits of the scored columns (+1 for the shift), the copy that reshaping the shifted
         # view makes, and log-softmax's output: three (rows, columns, vocab) float32 tensors.
@@ -139,7 +159,7 @@ def forward_bytes(shape: Shape, rows: int, config: TrainConfig, size: int,
         logits = rows * shape.vocab * 8
     hidden_coef, mlp_coef = INFERENCE_PER_TOKEN
     per_token = (hidden_coef * shape.hidden + mlp_coef * shape.intermediate) * size
-    return rows * length * per_token + 2 * attention + logits
+    return rows * length * per_token + logits
 
 
 def scored_columns(longest_completion_tokens: int | None, max_seq_len: int) -> int | None:
@@ -161,11 +181,9 @@ def estimate(shape: Shape, config: TrainConfig, dtype: str = "float32",
     activations = forward_bytes(shape, rows, config, size, scored_tokens)
     lora = lora_parameters(shape, config)
     if config.optimizer.name == "fo":
-        saved_h, saved_i = SAVED_PER_TOKEN
         tokens = rows * config.max_seq_len
-        attention = rows * shape.heads * config.max_seq_len**2 * size
-        per_token = (saved_h * shape.hidden + saved_i * shape.intermediate) * size
-        activations += shape.layers * (tokens * per_token + attention)
+        saved = shape.layers * tokens * shape.saved_per_token(size)
+        activations += round(saved * (1 + SAVED_HEAP_OVERHEAD))
         # weights copy, θ, gradient, two AdamW moments
         adapter, optimizer = 2 * lora * size, 3 * lora * 4
     else:
