@@ -39,13 +39,20 @@ def test_the_commands_for_three_machines_name_the_saved_config(qtbot, tiny_confi
     assert "--nnodes=3" in QGuiApplication.clipboard().text()
 
 
-def test_more_workers_than_directions_is_refused_with_the_reason(qtbot, tiny_config, tmp_path):
-    dialog = ClusterDialog(tiny_config("optimizer.q=2"), tmp_path / "cluster.yaml")
+def test_more_workers_than_directions_and_rows_is_refused_with_the_reason(qtbot, tiny_config,
+                                                                         tmp_path):
+    # Fewer directions than workers is fine (they split the batch's rows); fewer direction-row
+    # pairs than workers is not.
+    dialog = ClusterDialog(tiny_config("optimizer.q=2", "batch_size=2"), tmp_path / "cluster.yaml")
     qtbot.addWidget(dialog)
     dialog.nodes.setValue(2)
     dialog.workers.setValue(2)
     _answer(qtbot, dialog)
-    assert "4 workers" in dialog.status.text() and "optimizer.q" in dialog.status.text()
+    assert dialog.torchrun.toPlainText() != "" and dialog.copy_torchrun.isEnabled()
+    dialog.nodes.setValue(3)
+    _answer(qtbot, dialog)
+    status = dialog.status.text()
+    assert "6 workers" in status and "optimizer.q" in status and "batch_size" in status
     assert dialog.torchrun.toPlainText() == "" and not dialog.copy_torchrun.isEnabled()
 
 
