@@ -19,11 +19,16 @@ def file_hash(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def partial_path(path: Path) -> Path:
+    """Where this process writes `path` before renaming it into place: its own name, so two
+    processes writing the same path (two runs filling one cache) never mix their bytes."""
+    return path.with_name(f"{path.name}.{os.getpid()}.partial")
+
+
 def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     """`write(partial)` then rename to `path`: a reader never sees half a file, and a write that
-    fails (disk full, read-only folder) or is stopped leaves no partial file behind. The partial
-    file is this process's own, so two processes writing the same path never mix their bytes."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    fails (disk full, read-only folder) or is stopped leaves no partial file behind."""
+    partial = partial_path(path)
     try:
         write(partial)
         partial.replace(path)

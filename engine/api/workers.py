@@ -31,8 +31,8 @@ def rows(q: int, batch_rows: int, worker: int, size: int) -> range:
     of them, unless the workers outnumber the directions; then its block of its group's."""
     if q >= size:
         return range(batch_rows)
-    group = block(size, directions(q, worker, size)[0], q)
-    return block(batch_rows, worker - group.start, len(group))
+    mine = group(q, directions(q, worker, size)[0], size)
+    return block(batch_rows, worker - mine.start, len(mine))
 
 
 def splits_rows(q: int, size: int) -> bool:

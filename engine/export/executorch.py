@@ -56,7 +56,7 @@ import torch
 
 from engine.api.errors import UserError
 from engine.export import run_folder
-from engine.files import file_hash, write_atomic
+from engine.files import file_hash, partial_path, write_atomic
 from engine.runtime.pte import FOUNDATION, METADATA, PROGRAM, Program, runner_generate
 from engine.runtime.sampling import stop_token_ids
 from engine.session import Stages, say
@@ -453,7 +453,7 @@ def _place_foundation(written: Path, target: Path, key: str) -> dict:
     if not reused:
         with contextlib.suppress(OSError):
             cached.parent.mkdir(parents=True, exist_ok=True)
-            partial = cached.with_name(f"{FOUNDATION}.{os.getpid()}.partial")
+            partial = partial_path(cached)
             shutil.copyfile(written, partial)
             partial.replace(cached)
     target.unlink(missing_ok=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from torch import nn
 
 from engine.api.config import TrainConfig
 from engine.api.errors import UserError
+from engine.files import partial_path
 from engine.train import lora
 from engine.train.objective import Batch, Objective
 
@@ -159,7 +159,7 @@ def cached_program(run_dir: Path, key: str, program: TrainingProgram, spec: Prog
                         for name, (offset, shape) in program.adapter.store.slots.items()}},
         indent=2) + "\n")
     # The .pte last and by rename: its presence is what marks the cache as complete.
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # two runs may build it at once
+    partial = partial_path(path)  # two runs may build it at once
     partial.write_bytes(lowered)
     partial.replace(path)
     say(f"ExecuTorch training program: {path} ({len(lowered) / 2**20:.1f} MiB) built in "
