@@ -315,6 +315,15 @@ def quantize_int8(model: torch.nn.Module) -> int:
     the token embedding and the output head (one int8 table when they are tied), symmetric with
     one float32 scale per output row (torchao's Int8Tensor rounding). Activations, and the LoRA
     θ, stay in the compute dtype. Returns how many projections were quantised."""
+    count = _swap_in_int8(model)
+    # Only now, with the float modules gone (_swap_in_int8's references to them died with its
+    # frame), are their pages free to hand back: trimmed inside it, Gemma-3-270M's process kept
+    # 391 MiB of freed float weights resident (1128 MiB after the load instead of 746).
+    memory.trim_heap()
+    return count
+
+
+def _swap_in_int8(model: torch.nn.Module) -> int:
     embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
     projections = [(name, module) for name, module in model.named_modules()
                    if type(module) is torch.nn.Linear and module is not head]
@@ -336,7 +345,6 @@ def quantize_int8(model: torch.nn.Module) -> int:
         for parameter in model.parameters():
             if not hasattr(parameter, "qdata"):
                 parameter.data = parameter.data.clone()
-    memory.trim_heap()
     return len(projections)
 
 

@@ -134,6 +134,42 @@ def test_estimated_weights_are_the_bytes_the_loaded_base_holds(family, dtype):
     assert predicted == pytest.approx(weights_bytes(model), rel=0.02)
 
 
+# In a fresh process: RSS is the whole process's. The 30 MiB block freed first raises glibc's
+# mmap threshold as a tokenizer load does, so the float weights below it live on the heap, whose
+# freed pages stay resident until they are trimmed.
+INT8_RESIDENT = """
+import json, torch
+import torchao.quantization
+from engine.bench.memory import weights_bytes
+from engine.model import memory
+from engine.model.loading import quantize_int8
+from engine.model.tiny import random_model
+small = dict(num_hidden_layers=1, hidden_size=64, intermediate_size=128, vocab_size=512,
+             head_dim=16, num_attention_heads=2, query_pre_attn_scalar=16)
+random_model("gemma-3-270m", 512, torch.float32, **small)  # imports the model code
+torch.empty(30 * 2**20, dtype=torch.uint8)
+before = memory.rss_bytes()
+model = random_model("gemma-3-270m", 8192, torch.float32, vocab_size=8192)
+quantize_int8(model)
+print(json.dumps([memory.rss_bytes() - before, weights_bytes(model)]))
+"""
+
+
+def test_int8_base_leaves_only_its_int8_weights_resident():
+    """The float weights quantize_int8 replaces are handed back to the system: the process
+    grows by the int8 weights, not by the float32 model (Gemma-3-270M's shape with an 8192-token
+    vocabulary: 101 MiB of int8 weights; before the fix the process kept 511 MiB)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", INT8_RESIDENT], capture_output=True, text=True,
+                          timeout=300, check=True)
+    grown, weights = json.loads(done.stdout.strip().splitlines()[-1])
+    assert weights > 90 * 2**20
+    assert grown < weights + 48 * 2**20, f"{grown / 2**20:.0f} MiB resident for {weights / 2**20:.0f} MiB"
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_int8_base_computes_its_dequantised_weights(family):
     """quantize_int8's projections, embedding and head give the logits and the input gradients
